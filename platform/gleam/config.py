@@ -1,0 +1,308 @@
+"""Typed configuration: dataclasses, YAML files under ``configs/`` and dotted CLI overrides.
+
+A job declares one root dataclass made of sections (``run``, ``synth``, ``shards``, ...).
+``load_config(RootConfig, "configs/local-cpu.yaml", ["shards.max_samples=64"])`` reads the
+YAML file, applies the overrides, checks every key and every value's type against the
+dataclasses and returns an instance.  Unknown keys and wrong types raise ``ConfigError``
+naming the dotted key and the file (or ``<cli>`` for an override).  ``save_config`` writes the
+resolved config next to a run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+CLI_SOURCE = "<cli>"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key and its source."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes its outputs and how it is seeded."""
+
+    name: str = "gleam"
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class RayConfig:
+    """How a job connects to Ray and how much of a node each worker takes."""
+
+    address: str | None = None  # None: connect to RAY_ADDRESS / a running cluster, else start local
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5  # fractional on small machines: see RAY_NOTES (Data/Train deadlock)
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class ShardConfig:
+    """Shard size bounds: a shard closes at whichever limit comes first."""
+
+    max_samples: int = 256
+    max_bytes: int = 256 * 1024 * 1024
+    prefix: str = "shard"
+    jpeg_quality: int = 90
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic world: how many locations per split and which views are rendered."""
+
+    seed: int = 0
+    origin_lat: float = 47.37
+    origin_lon: float = 8.54
+    size_m: float = 2000.0
+    locations: dict[str, int] = field(default_factory=lambda: {"train": 64, "val": 16, "test": 16})
+    modalities: list[str] = field(default_factory=lambda: ["uav", "streetmap", "panorama", "ground"])
+    views_per_location: int = 1
+    distractors: int = 0
+    image_size: int = 256
+    panorama_width: int = 512
+    locations_per_task: int = 16
+
+
+# Root configs of the jobs, by the ``kind`` key every YAML file under configs/ carries.
+# Values are "module:Class" so that importing gleam.config stays light.
+ROOT_CONFIGS: dict[str, str] = {
+    "make_shards": "gleam.data.make_shards:MakeShardsConfig",
+}
+
+
+def root_config_class(kind: str) -> type:
+    """The root dataclass of a job config ``kind`` (see ``ROOT_CONFIGS``)."""
+    import importlib
+
+    if kind not in ROOT_CONFIGS:
+        raise ConfigError(f"unknown config kind {kind!r}; known: {', '.join(sorted(ROOT_CONFIGS))}")
+    module_name, class_name = ROOT_CONFIGS[kind].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against type ``tp`` (recursively) and return it, converted where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{source}: key '{key}' expects {expected}, got {type(value).__name__} {value!r}"
+        )
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError as error:
+                errors.append(error)
+        raise fail(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{source}: key '{key}' must be one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail(f"a mapping (section {tp.__name__})")
+        return _build(tp, value, key, source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        key_type, value_type = args if args else (Any, Any)
+        return {
+            _coerce(k, key_type, f"{key}.{k}", source): _coerce(v, value_type, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string: accept the number meant
+            try:
+                return float(value)
+            except ValueError:
+                raise fail("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise fail(tp.__name__)
+        return value
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for name in data:
+        if name not in known:
+            dotted = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' ({cls.__name__} has: {', '.join(sorted(known))})"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], dotted, source)
+    return cls(**kwargs)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+    """Build dataclass ``cls`` from a plain mapping, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    return _build(cls, data, "", source)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain Python data (what ``save_config`` writes)."""
+    return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 0.0003); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"{CLI_SOURCE}: override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    path = dotted.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"{CLI_SOURCE}: override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{CLI_SOURCE}: override {text!r}: value is not valid YAML ({error})")
+    return path, value
+
+
+def apply_overrides(cls: type, data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted override in ``data`` after checking the key exists in ``cls``."""
+    data = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        section_cls: Any = cls
+        node = data
+        for depth, part in enumerate(path):
+            dotted = ".".join(path[: depth + 1])
+            is_leaf = depth == len(path) - 1
+            if section_cls is not None:
+                fields = {f.name: f for f in dataclasses.fields(section_cls)}
+                if part not in fields:
+                    raise ConfigError(
+                        f"{CLI_SOURCE}: unknown key '{dotted}' in override {text!r} "
+                        f"({section_cls.__name__} has: {', '.join(sorted(fields))})"
+                    )
+                hint = typing.get_type_hints(section_cls)[part]
+                section_cls = hint if dataclasses.is_dataclass(hint) else None
+                if not is_leaf and section_cls is None and typing.get_origin(hint) is not dict:
+                    raise ConfigError(
+                        f"{CLI_SOURCE}: unknown key '{'.'.join(path)}' in override {text!r} "
+                        f"('{dotted}' is a {_type_name(hint)} value, not a section)"
+                    )
+            if is_leaf:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{CLI_SOURCE}: '{dotted}' is not a section")
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping from a local path or URL; errors name the file."""
+    from gleam import storage
+
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by dotted overrides."""
+    data = read_yaml(path) if path else {}
+    source = path or "<defaults>"
+    from_dict(cls, data, source)  # report file errors against the file, before overrides
+    overrides = list(overrides or [])
+    if overrides:
+        data = apply_overrides(cls, data, overrides)
+        source = f"{source} + {CLI_SOURCE}" if path else CLI_SOURCE
+    return from_dict(cls, data, source)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def save_config(config: Any, directory: str, name: str = "config.yaml") -> str:
+    """Write the resolved config atomically as ``<directory>/<name>``; returns its URL."""
+    from gleam import storage
+
+    url = storage.join(directory, name)
+    storage.write_text(url, dump_yaml(config))
+    return url

@@ -1,0 +1,116 @@
+"""Typed configuration: YAML + dotted overrides, strict keys and types, resolved config saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from gleam.config import (ConfigError, RayConfig, RunConfig, ShardConfig, load_config,
+                          save_config)
+
+
+@dataclass
+class TrainSection:
+    lr: float = 1e-3
+    epochs: int = 1
+    modalities: list[str] = field(default_factory=lambda: ["uav"])
+    warmup: float | None = None
+
+
+@dataclass
+class ExampleConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.01\n  epochs: 3\nrun:\n  name: demo\n")
+    config = load_config(ExampleConfig, path, ["train.lr=3e-4", "train.modalities=[uav, panorama]",
+                                               "ray.cpus_per_worker=1", "train.warmup=null"])
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.train.epochs == 3
+    assert config.train.modalities == ["uav", "panorama"]
+    assert config.ray.cpus_per_worker == 1.0 and isinstance(config.ray.cpus_per_worker, float)
+    assert config.train.warmup is None
+    assert config.run.name == "demo"
+    assert config.shards.max_samples == ShardConfig().max_samples
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 3e-4\n")  # PyYAML reads this as a string
+    assert load_config(ExampleConfig, path).train.lr == pytest.approx(3e-4)
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(ExampleConfig, path)
+    assert "'train.lrr'" in str(error.value) and path in str(error.value)
+    assert "lr" in str(error.value)  # lists the known keys
+
+
+def test_unknown_section_in_file(tmp_path):
+    path = write(tmp_path, "trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'"):
+        load_config(ExampleConfig, path)
+
+
+def test_wrong_type_in_file_names_key_file_and_types(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: three\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(ExampleConfig, path)
+    message = str(error.value)
+    assert path in message and "'train.epochs'" in message and "integer" in message and "'three'" in message
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lrr=1", "unknown key 'train.lrr'"),
+    ("train.epochs=1.5", "'train.epochs' expects an integer"),
+    ("shards.max_samples=true", "'shards.max_samples' expects an integer"),
+    ("train.modalities=uav", "'train.modalities' expects a list"),
+    ("run.name.first=x", "unknown key 'run.name.first'"),
+    ("novalue", "must look like section.key=value"),
+])
+def test_bad_overrides_are_rejected_with_the_key(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(ExampleConfig, None, [override])
+    assert fragment in str(error.value)
+    assert "<cli>" in str(error.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(ExampleConfig, str(tmp_path / "nope.yaml"))
+
+
+def test_resolved_config_is_saved_and_reloads_identically(tmp_path):
+    config = load_config(ExampleConfig, None, ["train.lr=0.5", "run.name=x"])
+    url = save_config(config, str(tmp_path / "run1"))
+    saved = yaml.safe_load(open(url))
+    assert saved["train"]["lr"] == 0.5 and saved["run"]["name"] == "x"
+    assert load_config(ExampleConfig, url) == config
+
+
+def test_repository_configs_load():
+    import glob
+    import os
+
+    from gleam.config import root_config_class
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = sorted(glob.glob(os.path.join(root, "*.yaml")))
+    assert files, "configs/ holds no YAML file"
+    for path in files:
+        kind = yaml.safe_load(open(path))["kind"]
+        config = load_config(root_config_class(kind), path)
+        assert config.kind == kind
