@@ -5,7 +5,7 @@ samples, one row per sample:
 
     key, location_id, modality, split, source : str
     latitude, longitude                        : float
-    heading                                    : float (NaN when unknown)
+    heading                                    : float, None when unknown
     metadata                                   : str (JSON)
     query, satellite                           : uint8 HxWx3 arrays (``decode=True``) or the
                                                  encoded bytes (``decode=False``); ``query`` is
@@ -21,7 +21,6 @@ a ``ReadLedger`` actor so the caller gets exact counts and reasons (``SampleRead
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from dataclasses import asdict
 from typing import Any, Iterable, Iterator
@@ -48,7 +47,7 @@ def sample_to_row(sample: Sample, decode: bool = True) -> dict[str, Any]:
         "source": sample.source,
         "latitude": float(sample.latitude),
         "longitude": float(sample.longitude),
-        "heading": math.nan if sample.heading is None else float(sample.heading),
+        "heading": None if sample.heading is None else float(sample.heading),
         "metadata": json.dumps(sample.metadata, ensure_ascii=False),
         "query": sample.query_array() if decode else sample.query_image,
         "satellite": sample.satellite_array() if decode else sample.satellite_image,

@@ -1,6 +1,8 @@
 """WebDataset shards: a size-bounded, resumable writer, a manifest, and a tolerant reader.
 
-Writing.  Work is cut into *parts* (a part is what one Ray task writes: e.g. 16 synthetic
+Writing.  A shard holds at most ``max_samples`` samples and its members never
+exceed ``max_bytes`` unless a single sample is larger (the file adds tar's end-of-archive
+padding, under 10 KiB).  Work is cut into *parts* (a part is what one Ray task writes: e.g. 16 synthetic
 locations, or one folder of a real dataset).  ``write_part`` streams the part's samples into
 tar shards named ``{prefix}-{part}-{seq:04d}.tar``, closing a shard at ``max_samples`` or
 ``max_bytes``; every shard is published atomically (see ``gleam.storage``).  When all shards of
@@ -100,8 +102,8 @@ class _TarShard:
     def bytes(self) -> int:
         return self._tar.fileobj.tell()  # type: ignore[union-attr]
 
-    def add(self, sample: Sample) -> None:
-        for extension, data in sorted(encode_members(sample).items()):
+    def add(self, members: dict[str, bytes], sample: Sample) -> None:
+        for extension, data in sorted(members.items()):
             info = tarfile.TarInfo(f"{sample.key}.{extension}")
             info.size = len(data)
             info.mtime = 0  # same input, same bytes: shards are reproducible
@@ -135,6 +137,12 @@ def _sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def archived_size(members: dict[str, bytes]) -> int:
+    """Bytes the members take inside a tar: a 512-byte header each, data padded to 512."""
+    return sum(tarfile.BLOCKSIZE + -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+               for data in members.values())
+
+
 def shard_name(prefix: str, part: str, sequence: int) -> str:
     return f"{prefix}-{part}-{sequence:04d}.tar"
 
@@ -152,12 +160,14 @@ def write_shards(samples: Iterable[Sample], output_url: str, part: str,
     shard: _TarShard | None = None
     try:
         for sample in samples:
-            if shard is not None and (shard.samples >= config.max_samples or shard.bytes >= config.max_bytes):
+            members = encode_members(sample)
+            if shard is not None and (shard.samples >= config.max_samples
+                                      or shard.bytes + archived_size(members) > config.max_bytes):
                 infos.append(shard.close())
                 shard = None
             if shard is None:
                 shard = _TarShard(storage.join(output_url, shard_name(config.prefix, part, len(infos))))
-            shard.add(sample)
+            shard.add(members, sample)
         if shard is not None:
             infos.append(shard.close())
             shard = None
@@ -281,13 +291,32 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension
 
 
+class _CountingReader:
+    """A read-only stream wrapper that counts the bytes handed out."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+
 def iter_tar_groups(stream: IO[bytes], shard: str,
                     on_error: Callable[[CorruptSample], None]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {extension: bytes})`` per sample; a truncated tar ends the shard, reported."""
+    """Yield ``(key, {extension: bytes})`` per sample; a truncated tar ends the shard, reported.
+
+    tarfile ends a stream quietly when a header is cut short, so the end-of-archive marker (two
+    zero blocks after the last member) is checked explicitly: no silent loss.
+    """
     key: str | None = None
     members: dict[str, bytes] = {}
+    reader = _CountingReader(stream)
+    problem: str | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for info in tar:
                 if not info.isreg():
                     continue
@@ -301,9 +330,16 @@ def iter_tar_groups(stream: IO[bytes], shard: str,
                         yield key, members
                     key, members = member_key, {}
                 members[extension] = data
+            end_of_members = tar.offset
+        while reader.read(1 << 20):
+            pass
+        if reader.count < end_of_members + 2 * tarfile.BLOCKSIZE:
+            problem = f"no end-of-archive marker after byte {end_of_members} (file has {reader.count} bytes)"
     except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
         on_error(CorruptSample(shard, key or "?", "tar",
-                               f"shard is truncated or unreadable after this key ({type(error).__name__}: {error}); "
+                               f"shard is truncated or unreadable after this key ({problem}); "
                                "the rest of the shard is skipped"))
     if key is not None:
         yield key, members

@@ -1,0 +1,171 @@
+"""Shard writer/reader: size bounds, manifest, corruption handling, resumability, S3."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from gleam import storage
+from gleam.config import ShardConfig
+from gleam.data import shards
+from gleam.data.shards import ReadReport, iter_samples, write_manifest, write_part
+from samples import make_sample
+
+PARTS = 6
+PER_PART = 5
+
+
+def part_samples(part: int, kill_after: int | None = None):
+    for i in range(PER_PART):
+        if kill_after is not None and i == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # die mid-shard, like a preempted node
+        yield make_sample(part * PER_PART + i)
+
+
+def write_demo(output: str, kill_part: int | None = None, max_samples: int = 3):
+    """Write PARTS parts; with ``kill_part`` the process is SIGKILLed inside that part."""
+    config = ShardConfig(max_samples=max_samples)
+    records = []
+    for part in range(PARTS):
+        kill_after = 2 if part == kill_part else None
+        records.append(write_part(output, f"p{part:02d}", lambda p=part, k=kill_after: part_samples(p, k), config))
+    return records, write_manifest(output, records, dataset="demo")
+
+
+def test_round_trip_manifest_and_size_bound(tmp_path):
+    records, manifest = write_demo(str(tmp_path))
+    assert manifest["num_samples"] == PARTS * PER_PART
+    assert manifest["num_shards"] == PARTS * 2  # 5 samples per part, at most 3 per shard
+    assert max(s["samples"] for s in manifest["shards"]) == 3
+    assert sum(manifest["modalities"].values()) == PARTS * PER_PART
+    assert manifest["modalities"]["uav"] == len([i for i in range(30) if i % 4 == 0])
+    for shard in manifest["shards"]:
+        assert storage.sha256_of(str(tmp_path / shard["name"])) == shard["sha256"]
+    report = ReadReport()
+    read = list(iter_samples(shards.shard_urls(str(tmp_path)), report))
+    assert read == [make_sample(i) for i in range(PARTS * PER_PART)]
+    assert report.samples == 30 and report.corrupt == []
+
+
+def test_byte_bound_closes_shards(tmp_path):
+    samples = [make_sample(i) for i in range(6)]
+    sizes = [shards.archived_size(shards.encode_members(s)) for s in samples]
+    limit = sizes[0] + sizes[1]  # room for two samples of this size, not three
+    infos = shards.write_shards(samples, str(tmp_path), "p0", ShardConfig(max_samples=1000, max_bytes=limit))
+    assert sum(i.samples for i in infos) == 6 and len(infos) >= 3
+    first = 0
+    for info in infos:
+        with tarfile.open(tmp_path / info.name) as tar:
+            content = sum(tarfile.BLOCKSIZE + -(-m.size // 512) * 512 for m in tar.getmembers())
+        assert content == sum(sizes[first:first + info.samples]) <= limit
+        first += info.samples
+        if first < 6:  # the shard closed only because the next sample would not fit
+            assert content + sizes[first] > limit
+
+
+def test_split_and_modality_selection_uses_the_manifest(tmp_path):
+    config = ShardConfig(max_samples=2)
+    records = [write_part(str(tmp_path), "a", lambda: [make_sample(0, "uav", "train"), make_sample(1, "uav", "train")], config),
+               write_part(str(tmp_path), "b", lambda: [make_sample(2, "panorama", "test")], config)]
+    write_manifest(str(tmp_path), records, dataset="sel")
+    assert [u.rsplit("/", 1)[-1] for u in shards.shard_urls(str(tmp_path), split="test")] == ["shard-b-0000.tar"]
+    assert len(shards.shard_urls(str(tmp_path), modalities=["uav"])) == 1
+    assert shards.shard_urls(str(tmp_path), split="val") == []
+
+
+def test_resume_after_kill_gives_the_same_manifest(tmp_path):
+    interrupted, clean = str(tmp_path / "interrupted"), str(tmp_path / "clean")
+    here = os.path.dirname(__file__)
+    code = f"import sys; sys.path.insert(0, {here!r}); from test_shards import write_demo; write_demo({interrupted!r}, kill_part=3)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    leftovers = os.listdir(interrupted)
+    assert any(".tmp-" in name for name in leftovers)  # the shard being written was not published
+    assert "shard-p03.part.json" not in leftovers and "manifest.json" not in leftovers
+
+    records, manifest = write_demo(interrupted)
+    assert [r.skipped for r in records] == [True, True, True, False, False, False]
+    _, reference = write_demo(clean)
+    assert manifest == reference
+    assert not any(".tmp-" in name for name in os.listdir(interrupted))
+
+
+def test_resume_rewrites_a_part_whose_shard_was_damaged(tmp_path):
+    records, manifest = write_demo(str(tmp_path))
+    victim = tmp_path / records[1].shards[0].name
+    victim.write_bytes(victim.read_bytes()[:100])
+    again, manifest_again = write_demo(str(tmp_path))
+    assert [r.skipped for r in again] == [True, False, True, True, True, True]
+    assert manifest_again == manifest
+
+
+# --------------------------------------------------------------------------- corruption
+
+
+def build_corrupt_shard(path: str) -> dict[str, int]:
+    """10 samples: #2 bad query jpg, #5 bad json, #7 no satellite member -> 7 good."""
+    with tarfile.open(path, "w") as tar:
+        for index in range(10):
+            members = shards.encode_members(make_sample(index))
+            if index == 2:
+                members["query.jpg"] = b"\xff\xd8 definitely not a jpeg"
+            if index == 5:
+                members["json"] = b'{"location_id": "x", '
+            if index == 7:
+                del members["sat.jpg"]
+            for extension, data in sorted(members.items()):
+                info = tarfile.TarInfo(f"{make_sample(index).key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return {"query_image": 1, "json": 1, "satellite_image": 1}
+
+
+def build_truncated_shard(path: str, source_dir: str) -> int:
+    """A valid 10-sample shard cut inside the header of sample #6: 6 samples stay readable."""
+    infos = shards.write_shards((make_sample(i) for i in range(10)), source_dir, "t",
+                                ShardConfig(max_samples=100))
+    full = os.path.join(source_dir, infos[0].name)
+    with tarfile.open(full) as tar:
+        cut = next(m.offset for m in tar.getmembers() if m.name.startswith(make_sample(6).key)) + 100
+    with open(full, "rb") as handle:
+        data = handle.read()[:cut]
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return 6
+
+
+def test_corrupt_members_are_skipped_and_counted(tmp_path):
+    expected = build_corrupt_shard(str(tmp_path / "bad.tar"))
+    report = ReadReport()
+    good = list(iter_samples([str(tmp_path / "bad.tar")], report))
+    assert [s.location_id for s in good] == [f"loc{i:05d}" for i in (0, 1, 3, 4, 6, 8, 9)]
+    assert report.counts_by_field() == expected
+    assert {c.key for c in report.corrupt} == {make_sample(i).key for i in (2, 5, 7)}
+
+
+def test_truncated_tar_keeps_what_precedes_the_damage(tmp_path):
+    readable = build_truncated_shard(str(tmp_path / "cut.tar"), str(tmp_path / "src"))
+    report = ReadReport()
+    good = list(iter_samples([str(tmp_path / "cut.tar")], report))
+    assert len(good) == readable and report.counts_by_field() == {"tar": 1}
+    assert "truncated" in report.corrupt[0].reason
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def test_write_and_resume_on_s3(s3_bucket):
+    url = s3_bucket + "/datasets/demo"
+    records, manifest = write_demo(url)
+    assert all(not r.skipped for r in records)
+    assert len(storage.list_files(url, ".tar")) == manifest["num_shards"]
+    records_again, manifest_again = write_demo(url)
+    assert all(r.skipped for r in records_again) and manifest_again == manifest
+    read = list(iter_samples(shards.shard_urls(url)))
+    assert read == [make_sample(i) for i in range(PARTS * PER_PART)]
