@@ -25,7 +25,6 @@ import uuid
 from dataclasses import asdict
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import pandas as pd
 import ray
 from ray.data.datasource import FileBasedDatasource
@@ -163,6 +162,13 @@ def read_samples(source: str | list[str], *, split: str | None = None,
     return SampleReader(dataset, ledger)
 
 
-def rows_to_arrays(batch: dict[str, Any], column: str) -> list[np.ndarray]:
-    """Images of one batch column as a list of arrays (handles ragged shapes)."""
-    return [np.asarray(image) for image in batch[column]]
+def inspect_dataset(source: str | list[str]) -> dict[str, Any]:
+    """Read every sample with Ray Data (validating images too) and count by split and modality."""
+    reader = read_samples(source, decode=False)
+    counts: dict[str, dict[str, int]] = {}
+    for row in reader.dataset.select_columns(["split", "modality"]).iter_rows():
+        per_split = counts.setdefault(row["split"], {})
+        per_split[row["modality"]] = per_split.get(row["modality"], 0) + 1
+    report = reader.report()
+    examples = report.pop("corrupt_samples")[:20]
+    return {"counts": counts, **report, "examples_of_corrupt": examples}

@@ -1,0 +1,170 @@
+"""Write the synthetic world as WebDataset shards, in parallel with Ray, resumably.
+
+The work is cut into parts of ``synth.locations_per_task`` locations of one split (plus parts
+of distractor tiles for the evaluation splits); each part is one Ray task that renders its
+samples and writes them through ``gleam.data.shards.write_part``.  A re-run skips parts that
+are complete and verified, so a killed job resumes where it stopped.  The output folder gets
+the shards, ``manifest.json`` (with the world's settings), the resolved ``config.yaml`` and a
+``make_shards_report.json`` with timings.
+
+Sample keys: ``{split}-{location_id}-{modality}-{view}``; distractors ``{split}-{tile_id}-satellite``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from gleam import storage
+from gleam.config import RayConfig, RunConfig, ShardConfig, SynthConfig, save_config, to_dict
+from gleam.data import shards
+from gleam.data.schema import SATELLITE_ONLY, Sample, encode_jpeg
+
+log = logging.getLogger(__name__)
+
+SOURCE = "gleam-synth"
+
+
+@dataclass
+class MakeShardsConfig:
+    """Root config of ``jobs/make_shards.py``."""
+
+    kind: str = "make_shards"
+    output: str = "data/synth"  # local folder or s3://bucket/prefix
+    resume: bool = True
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One unit of work: a slice of a split's locations, or of its distractor tiles."""
+
+    name: str
+    split: str
+    start: int
+    stop: int
+    distractors: bool = False
+
+
+def plan_parts(synth: SynthConfig) -> list[PartSpec]:
+    """Deterministic parts for the whole dataset (same config, same parts, same names)."""
+    parts = []
+    step = max(1, synth.locations_per_task)
+    for split, count in synth.locations.items():
+        for chunk, start in enumerate(range(0, count, step)):
+            parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, min(count, start + step)))
+        if synth.distractors and split != "train":
+            for chunk, start in enumerate(range(0, synth.distractors, step)):
+                parts.append(PartSpec(f"{split}-distractors-{chunk:04d}", split, start,
+                                      min(synth.distractors, start + step), distractors=True))
+    return parts
+
+
+@functools.lru_cache(maxsize=4)
+def _world(seed: int, split: str, size_m: float, origin_lat: float, origin_lon: float) -> Any:
+    from gleam.data.synth import generate_split_world
+
+    return generate_split_world(seed, split, size_m=size_m, origin_lat=origin_lat, origin_lon=origin_lon)
+
+
+def world_for(synth: SynthConfig, split: str) -> Any:
+    return _world(synth.seed, split, synth.size_m, synth.origin_lat, synth.origin_lon)
+
+
+def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[str, Any]:
+    return {"world_seed": synth.seed, "biome": world.biome, "x_m": round(location.x, 2),
+            "y_m": round(location.y, 2), "tile_size_m": world.tile_size_m}
+
+
+def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Iterator[Sample]:
+    """Render every sample of ``part``."""
+    world = world_for(synth, part.split)
+    if part.distractors:
+        tiles = world.distractor_tiles(part.stop)[part.start:part.stop]
+        for tile in tiles:
+            yield Sample(key=f"{part.split}-{tile.location_id}-satellite", location_id=tile.location_id,
+                         modality=SATELLITE_ONLY, query_image=None,
+                         satellite_image=encode_jpeg(world.render_satellite(tile, size=synth.image_size), jpeg_quality),
+                         latitude=tile.lat, longitude=tile.lon, split=part.split, source=SOURCE,
+                         metadata={**_location_metadata(world, tile, synth), "distractor": True})
+        return
+    locations = world.locations(part.stop)[part.start:part.stop]
+    for location in locations:
+        satellite = encode_jpeg(world.render_satellite(location, size=synth.image_size), jpeg_quality)
+        facts = world.scene_facts(location)
+        for modality in synth.modalities:
+            for view in range(synth.views_per_location):
+                image, view_info = world.render_query(location, modality, view, size=synth.image_size,
+                                                      panorama_width=synth.panorama_width)
+                yield Sample(
+                    key=f"{part.split}-{location.location_id}-{modality}-{view}",
+                    location_id=location.location_id, modality=modality,
+                    query_image=encode_jpeg(image, jpeg_quality), satellite_image=satellite,
+                    latitude=location.lat, longitude=location.lon, heading=view_info.get("heading"),
+                    split=part.split, source=SOURCE,
+                    metadata={**_location_metadata(world, location, synth), "view": view_info,
+                              "facts": facts},
+                )
+
+
+def _write_part_task(config: MakeShardsConfig, part: PartSpec) -> dict[str, Any]:
+    record = shards.write_part(config.output, part.name,
+                               lambda: part_samples(config.synth, part, config.shards.jpeg_quality),
+                               config.shards, resume=config.resume)
+    return {"part": part.name, "skipped": record.skipped, "samples": record.samples,
+            "seconds": record.seconds, "record": record.to_json()}
+
+
+def make_shards(config: MakeShardsConfig) -> dict[str, Any]:
+    """Write the dataset described by ``config``; returns the manifest. Ray must be initialised."""
+    import ray
+
+    _check(config)
+    started = time.perf_counter()
+    storage.makedirs(config.output)
+    save_config(config, config.output)
+    parts = plan_parts(config.synth)
+    task = ray.remote(num_cpus=1, max_retries=2)(_write_part_task)
+    pending = {task.remote(config, part): part for part in parts}
+    results = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        part = pending.pop(done[0])
+        result = ray.get(done[0])
+        results.append(result)
+        log.info("part %s: %s %d samples (%d/%d parts)", part.name,
+                 "skipped, already complete" if result["skipped"] else f"wrote in {result['seconds']:.1f}s",
+                 result["samples"], len(results), len(parts))
+    records = [shards.PartRecord.from_json(r["record"]) for r in sorted(results, key=lambda r: r["part"])]
+    manifest = shards.write_manifest(config.output, records, dataset="gleam-synth",
+                                     extra={"synth": asdict(config.synth)})
+    elapsed = time.perf_counter() - started
+    written = [r for r in results if not r["skipped"]]
+    report = {
+        "output": config.output, "parts": len(parts), "parts_written": len(written),
+        "parts_skipped": len(parts) - len(written), "samples": manifest["num_samples"],
+        "samples_written": sum(r["samples"] for r in written), "shards": manifest["num_shards"],
+        "seconds": round(elapsed, 2),
+        "samples_per_second": round(sum(r["samples"] for r in written) / elapsed, 2) if written else None,
+        "modalities": manifest["modalities"], "splits": manifest["splits"],
+        "config": to_dict(config),
+    }
+    storage.write_json(storage.join(config.output, "make_shards_report.json"), report)
+    return manifest
+
+
+def _check(config: MakeShardsConfig) -> None:
+    from gleam.data.schema import query_modalities
+
+    unknown = [m for m in config.synth.modalities if m not in query_modalities()]
+    if unknown:
+        raise ValueError(f"synth.modalities: {unknown} unknown; choose from {list(query_modalities())}")
+    bad_splits = [s for s in config.synth.locations if s not in ("train", "val", "test")]
+    if bad_splits:
+        raise ValueError(f"synth.locations: splits {bad_splits} unknown; use train, val, test")

@@ -1,0 +1,51 @@
+"""Process-level plumbing shared by the jobs: Ray start-up, run folders, CLI parsing, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Sequence, TypeVar
+
+from gleam.config import ConfigError, RayConfig, load_config
+
+T = TypeVar("T")
+
+log = logging.getLogger("gleam")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def parse_job_args(config_class: type[T], argv: Sequence[str] | None, description: str,
+                   default_config: str | None = None) -> T:
+    """``--config FILE`` plus dotted overrides (``train.lr=3e-4``) -> a checked config.
+
+    A ``ConfigError`` ends the process with its message (exit 2), not a traceback.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config file (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. shards.max_samples=64")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(config_class, args.config, args.overrides)
+    except ConfigError as error:
+        parser.exit(2, f"config error: {error}\n")
+
+
+def init_ray(config: RayConfig, **kwargs: Any) -> None:
+    """Connect to the cluster named by ``config.address`` / ``RAY_ADDRESS``, else start a local one.
+
+    Under ``ray job submit`` RAY_ADDRESS is set and the job joins that cluster.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One entry for a fresh machine: sets up .venv (pinned by constraints.txt) when needed, then
+#   ./run.sh test [pytest args]   runs the test suite
+#   ./run.sh demo [overrides]     runs the main job end to end on the synthetic world (local Ray)
+#   ./run.sh bench                runs the benchmarks (JSON under benchmarks/results/)
+#   ./run.sh setup                only installs
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${GLEAM_VENV:-.venv}"
+PY="$VENV/bin/python"
+STAMP="$VENV/.gleam-installed"
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+  fi
+  if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -c constraints.txt -e '.[cpu,dev]'
+    touch "$STAMP"
+  fi
+  export RAY_USAGE_STATS_ENABLED=0
+}
+
+command="${1:-test}"
+shift || true
+case "$command" in
+  setup) setup ;;
+  test) setup; exec "$PY" -m pytest "$@" ;;
+  demo)
+    setup
+    "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml "$@"
+    "$PY" jobs/contact_sheet.py --out docs/contact_sheet.png --locations 4 --seed 0
+    "$PY" jobs/inspect_shards.py data/synth
+    ;;
+  bench)
+    setup
+    for bench in benchmarks/bench_*.py; do "$PY" "$bench"; done
+    ;;
+  *) echo "usage: ./run.sh {setup|test|demo|bench} [args]" >&2; exit 2 ;;
+esac
