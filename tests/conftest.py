@@ -18,6 +18,10 @@ import uuid
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray workers unpickle functions defined in test modules: let them import tests/ too.
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -75,7 +79,7 @@ def ray_session(s3_server):
     """One local Ray runtime for the whole test session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()

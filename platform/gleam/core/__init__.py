@@ -1,0 +1,1 @@
+"""GLEAM-C: shared-encoder cross-view matching (model, loss, phases, training, evaluation)."""

@@ -1,0 +1,121 @@
+"""The GLEAM-C encoder: one shared timm backbone for every view, an optional projection head,
+L2-normalised embeddings and the learnable logit scale of the contrastive loss.
+
+Backbones come from ``timm.create_model`` by name, never from a hub: ``pretrained_path`` loads
+a local weight file (safetensors or a torch state dict) through timm's own pretrained-config
+mechanism.  Checkpoints are a folder with ``model.safetensors`` and ``config.json``; nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gleam.core.loss import DEFAULT_LOGIT_SCALE, DEFAULT_MAX_LOGIT_SCALE
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone, how embeddings are produced, and the input sizes per view."""
+
+    backbone: str = "resnet18"  # any timm model name
+    pretrained_path: str | None = None  # local weight file; None: random init (no downloads)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {dynamic_img_size: true} for ViTs
+    embedding_dim: int | None = 256  # projection head output; None: backbone features as they are
+    image_size: int = 128  # square views: satellite, uav, streetmap, ground
+    panorama_size: list[int] = field(default_factory=lambda: [128, 256])  # [height, width]
+    logit_scale_init: float = DEFAULT_LOGIT_SCALE
+    max_logit_scale: float = DEFAULT_MAX_LOGIT_SCALE
+    learn_logit_scale: bool = True
+
+    def input_size(self, modality: str) -> tuple[int, int]:
+        """(height, width) the encoder sees for a view of ``modality``."""
+        if modality == "panorama":
+            return int(self.panorama_size[0]), int(self.panorama_size[1])
+        return self.image_size, self.image_size
+
+
+def create_backbone(config: ModelConfig) -> nn.Module:
+    """A timm backbone with pooled features (``num_classes=0``), weights from a local file if given."""
+    import timm
+
+    kwargs = dict(config.backbone_kwargs)
+    if config.pretrained_path:
+        if not os.path.isfile(config.pretrained_path):
+            raise FileNotFoundError(
+                f"model.pretrained_path: {config.pretrained_path} does not exist; give a local "
+                ".safetensors/.pth file of the '{config.backbone}' backbone (no hub downloads)")
+        kwargs["pretrained_cfg_overlay"] = {"file": config.pretrained_path}
+    try:
+        return timm.create_model(config.backbone, pretrained=bool(config.pretrained_path),
+                                 num_classes=0, **kwargs)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ValueError(f"model.backbone: timm has no model '{config.backbone}' "
+                             "(see timm.list_models())") from None
+        raise
+
+
+class GleamEncoder(nn.Module):
+    """Shared encoder for query and satellite views; ``forward`` returns unit-length embeddings."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config)
+        features = self.backbone.num_features
+        self.head = nn.Linear(features, config.embedding_dim) if config.embedding_dim else nn.Identity()
+        self.embedding_dim = config.embedding_dim or features
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)),
+                                        requires_grad=config.learn_logit_scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(images)), dim=-1)
+
+    def data_config(self) -> dict[str, Any]:
+        """timm's normalisation settings for this backbone (mean, std, interpolation)."""
+        import timm.data
+
+        return timm.data.resolve_data_config({}, model=self.backbone)
+
+    def save_pretrained(self, directory: str) -> None:
+        """``model.safetensors`` + ``config.json`` in ``directory`` (local or s3://), atomically."""
+        from safetensors.torch import save
+
+        from gleam import storage
+
+        storage.makedirs(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        storage.write_bytes(storage.join(directory, WEIGHTS_NAME), save(state))
+        storage.write_json(storage.join(directory, CONFIG_NAME), asdict(self.config))
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "GleamEncoder":
+        from safetensors.torch import load
+
+        from gleam import storage
+        from gleam.config import from_dict
+
+        config_url = storage.join(directory, CONFIG_NAME)
+        if not storage.exists(config_url):
+            raise FileNotFoundError(f"{directory}: not a GLEAM-C checkpoint (no {CONFIG_NAME})")
+        config = from_dict(ModelConfig, storage.read_json(config_url), config_url)
+        config.pretrained_path = None  # the checkpoint carries all weights
+        model = cls(config)
+        model.load_state_dict(load(storage.read_bytes(storage.join(directory, WEIGHTS_NAME))))
+        return model
+
+
+def describe(model: GleamEncoder) -> dict[str, Any]:
+    """Backbone name, parameter count and embedding size, for logs and run reports."""
+    return {"backbone": model.config.backbone, "embedding_dim": model.embedding_dim,
+            "parameters": sum(p.numel() for p in model.parameters())}
