@@ -80,6 +80,7 @@ class SynthConfig:
 # Values are "module:Class" so that importing gleam.config stays light.
 ROOT_CONFIGS: dict[str, str] = {
     "make_shards": "gleam.data.make_shards:MakeShardsConfig",
+    "train_core": "gleam.core.train:TrainCoreConfig",
 }
 
 

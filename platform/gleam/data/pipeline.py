@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import ray
 from ray.data.datasource import FileBasedDatasource
@@ -172,3 +173,134 @@ def inspect_dataset(source: str | list[str]) -> dict[str, Any]:
     report = reader.report()
     examples = report.pop("corrupt_samples")[:20]
     return {"counts": counts, **report, "examples_of_corrupt": examples}
+
+
+# --------------------------------------------------------------------------- training sets
+
+
+def _preprocess_batch(batch: dict[str, Any], sizes: dict[str, tuple[int, int]],
+                      satellite_size: tuple[int, int]) -> dict[str, Any]:
+    """Decode encoded images and resize them to the encoder's input size for their modality."""
+    from gleam.data.schema import decode_image
+    from gleam.data.transforms import resize
+
+    query_pixels, query_shapes, satellite_pixels = [], [], []
+    for key, modality, query, satellite in zip(batch["key"], batch["modality"], batch["query"], batch["satellite"]):
+        satellite_array = resize(decode_image(satellite, key, "satellite_image"), satellite_size)
+        satellite_pixels.append(satellite_array.tobytes())
+        if query is None:
+            query_pixels.append(b"")
+            query_shapes.append([0, 0])
+            continue
+        size = sizes.get(modality, satellite_size)
+        query_array = resize(decode_image(query, key, "query_image"), size)
+        query_pixels.append(query_array.tobytes())
+        query_shapes.append(list(query_array.shape[:2]))
+    return {
+        "key": batch["key"], "location_id": batch["location_id"], "modality": batch["modality"],
+        "latitude": batch["latitude"], "longitude": batch["longitude"],
+        "query_pixels": np.array(query_pixels, dtype=object),
+        "query_shape": np.array(query_shapes, dtype=np.int32),
+        "satellite_pixels": np.array(satellite_pixels, dtype=object),
+    }
+
+
+@ray.remote(num_cpus=0.25)
+def _index_block(table: Any) -> dict[str, list[Any]]:
+    return {name: table.column(name).to_pylist()
+            for name in ("key", "location_id", "modality", "latitude", "longitude")}
+
+
+class TrainingSet:
+    """Preprocessed samples held in Ray's object store, fetchable by row number from any worker.
+
+    Built once per run from shards (Ray Data: tolerant read -> decode -> resize per modality ->
+    materialize).  The batch planner works on ``index``; workers call ``fetch(rows)`` and get
+    uint8 pixels, pulling (and caching) only the blocks they need.
+    """
+
+    def __init__(self, block_refs: list[Any], columns: dict[str, list[Any]], block_of_row: np.ndarray,
+                 offset_in_block: np.ndarray, satellite_size: tuple[int, int], read_report: dict[str, Any]):
+        self.block_refs = block_refs
+        self.keys: list[str] = columns["key"]
+        self.location_ids: list[str] = columns["location_id"]
+        self.modalities: list[str] = columns["modality"]
+        self.latitudes = np.asarray(columns["latitude"], dtype=np.float64)
+        self.longitudes = np.asarray(columns["longitude"], dtype=np.float64)
+        self.block_of_row = block_of_row
+        self.offset_in_block = offset_in_block
+        self.satellite_size = satellite_size
+        self.read_report = read_report
+        self._cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    def sample_index(self, query_rows: bool = True) -> "Any":
+        from gleam.data.sampling import SampleIndex
+
+        return SampleIndex(self.location_ids, self.modalities, self.latitudes, self.longitudes)
+
+    def query_rows(self) -> np.ndarray:
+        """Rows that have a query view (not satellite-only distractors)."""
+        return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
+
+    def gallery_rows(self) -> np.ndarray:
+        """One row per distinct location: its satellite tile (distractors included)."""
+        first: dict[str, int] = {}
+        for row, location in enumerate(self.location_ids):
+            first.setdefault(location, row)
+        return np.array(sorted(first.values()), dtype=np.int64)
+
+    def _block(self, block: int) -> Any:
+        if block not in self._cache:
+            if len(self._cache) >= 64:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[block] = ray.get(self.block_refs[block])
+        return self._cache[block]
+
+    def fetch(self, rows: Iterable[int], query: bool = True, satellite: bool = True) -> list[dict[str, Any]]:
+        """Pixels and ids of ``rows`` (uint8 HxWx3 arrays), in the order asked."""
+        out = []
+        for row in rows:
+            table = self._block(int(self.block_of_row[row]))
+            offset = int(self.offset_in_block[row])
+            item: dict[str, Any] = {"row": int(row), "key": self.keys[row], "modality": self.modalities[row],
+                                    "location_id": self.location_ids[row]}
+            if query:
+                height, width = table.column("query_shape")[offset].as_py()
+                raw = table.column("query_pixels")[offset].as_py()
+                item["query"] = np.frombuffer(raw, np.uint8).reshape(height, width, 3) if raw else None
+            if satellite:
+                raw = table.column("satellite_pixels")[offset].as_py()
+                item["satellite"] = np.frombuffer(raw, np.uint8).reshape(*self.satellite_size, 3)
+            out.append(item)
+        return out
+
+
+def build_training_set(source: str | list[str], *, split: str | None, modalities: Iterable[str] | None,
+                       sizes: dict[str, tuple[int, int]], satellite_size: tuple[int, int],
+                       include_distractors: bool = False) -> TrainingSet:
+    """Read, decode, resize and materialize a split for training or evaluation."""
+    wanted = None if modalities is None else set(modalities) | ({"satellite"} if include_distractors else set())
+    reader = read_samples(source, split=split, modalities=wanted, decode=False)
+    dataset = reader.dataset.map_batches(_preprocess_batch, batch_size=32, batch_format="numpy",
+                                         fn_kwargs={"sizes": sizes, "satellite_size": satellite_size})
+    block_refs = dataset.materialize().to_arrow_refs()
+    parts = ray.get([_index_block.remote(ref) for ref in block_refs])
+    columns: dict[str, list[Any]] = {name: [] for name in ("key", "location_id", "modality", "latitude", "longitude")}
+    block_of_row, offset_in_block = [], []
+    for block, part in enumerate(parts):
+        for name in columns:
+            columns[name].extend(part[name])
+        block_of_row.extend([block] * len(part["key"]))
+        offset_in_block.extend(range(len(part["key"])))
+    if not columns["key"]:
+        raise ValueError(f"{source}: no samples for split={split!r}, modalities={sorted(wanted) if wanted else None}")
+    return TrainingSet(block_refs, columns, np.asarray(block_of_row), np.asarray(offset_in_block),
+                       satellite_size, reader.report())

@@ -1,0 +1,92 @@
+"""Per-modality resizing and normalisation, and paired geometric augmentation.
+
+Paired augmentation changes a query and its satellite tile *consistently*, so the pair still
+shows the same place in the same geometry:
+
+- horizontal flip (mirror the world): both images are flipped; a panorama is flipped and rolled
+  by one column so that azimuth a maps to 360 - a exactly;
+- rotation of the satellite tile by k quarter turns: a street map (same top-down geometry) is
+  rotated the same way; a north-aligned panorama is rolled by k quarter widths so its azimuths
+  follow the rotated world; UAV and ground views (whose heading is not tied to the tile's
+  north) keep their pixels;
+- photometric jitter (brightness/contrast) is drawn independently per view: colour is not
+  a cue the model should rely on.
+
+Panorama convention: column c looks at azimuth ``heading + 360 * c / width`` degrees clockwise
+from north (``gleam.data.synth`` renders north at column 0 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; all off at evaluation."""
+
+    flip_probability: float = 0.5
+    rotate_satellite: bool = True
+    brightness: float = 0.2  # +- fraction
+    contrast: float = 0.2
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 HxWx3 -> uint8 at (height, width), antialiased bilinear."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def flip_pair(query: np.ndarray, satellite: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    flipped_query = query[:, ::-1]
+    if modality == "panorama":
+        flipped_query = np.roll(flipped_query, 1, axis=1)
+    return np.ascontiguousarray(flipped_query), np.ascontiguousarray(satellite[:, ::-1])
+
+
+def rotate_pair(query: np.ndarray, satellite: np.ndarray, modality: str,
+                quarter_turns_clockwise: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate the tile clockwise by k quarter turns, and the query where geometry ties it to the tile."""
+    k = quarter_turns_clockwise % 4
+    rotated_satellite = np.ascontiguousarray(np.rot90(satellite, -k))
+    if modality == "streetmap":
+        query = np.ascontiguousarray(np.rot90(query, -k))
+    elif modality == "panorama":  # features at azimuth a move to a + 90k: columns shift right
+        query = np.roll(query, k * query.shape[1] // 4, axis=1)
+    return query, rotated_satellite
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    brightness = 1.0 + rng.uniform(-config.brightness, config.brightness)
+    contrast = 1.0 + rng.uniform(-config.contrast, config.contrast)
+    pixels = image.astype(np.float32)
+    mean = pixels.mean()
+    pixels = (pixels - mean) * contrast + mean * brightness
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def augment_pair(query: np.ndarray, satellite: np.ndarray, modality: str, rng: np.random.Generator,
+                 config: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One random, geometry-consistent augmentation of a (query, satellite) pair."""
+    if rng.random() < config.flip_probability:
+        query, satellite = flip_pair(query, satellite, modality)
+    if config.rotate_satellite:
+        query, satellite = rotate_pair(query, satellite, modality, int(rng.integers(0, 4)))
+    return photometric_jitter(query, rng, config), photometric_jitter(satellite, rng, config)
+
+
+def to_tensor(images: list[np.ndarray], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Equal-sized uint8 HxWx3 images -> normalised float tensor [B, 3, H, W]."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=batch.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=batch.dtype).view(1, 3, 1, 1)
+    return batch.sub_(mean_t).div_(std_t)
