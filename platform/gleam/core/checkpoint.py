@@ -56,7 +56,7 @@ def save_checkpoint(directory: str, model: GleamEncoder, optimizer: torch.optim.
     state = {
         **trainer_state,
         "optimizer": rest,
-        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "scheduler": scheduler.state_dict(),  # LambdaLR: plain numbers; lambdas are stored as None
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     with open(os.path.join(directory, TRAINER_STATE), "w", encoding="utf-8") as handle:
