@@ -81,6 +81,7 @@ class SynthConfig:
 ROOT_CONFIGS: dict[str, str] = {
     "make_shards": "gleam.data.make_shards:MakeShardsConfig",
     "train_core": "gleam.core.train:TrainCoreConfig",
+    "tune_core": "gleam.core.tune:TuneCoreConfig",
 }
 
 

@@ -378,18 +378,11 @@ def load_splits(config: TrainCoreConfig) -> tuple[Any, Any]:
     return train_set, val_set
 
 
-def train_core(config: TrainCoreConfig) -> dict[str, Any]:
-    """Run GLEAM-C training; Ray must be initialised. Returns the run summary."""
+def make_trainer(config: TrainCoreConfig, train_set: Any, val_set: Any, callbacks: list[Any] | None = None) -> Any:
+    """The TorchTrainer of a run (shared by ``train_core`` and the Tune sweep)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_dir = config.run_dir()
-    storage.makedirs(run_dir)
-    save_config(config, run_dir)
-    started = time.perf_counter()
-    train_set, val_set = load_splits(config)
-    log.info("training set: %d samples, validation: %d (read report: %s)", len(train_set), len(val_set),
-             train_set.read_report["corrupt_by_field"] or "clean")
     storage_path = config.train.storage_path or config.run.output_dir
     if not storage.is_remote(storage_path):
         storage_path = os.path.abspath(storage_path)
@@ -397,18 +390,29 @@ def train_core(config: TrainCoreConfig) -> dict[str, Any]:
     resources = {"CPU": config.ray.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = config.ray.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config={"config": config, "train_set": train_set, "val_set": val_set},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=config.run.name, storage_path=storage_path,
+            name=config.run.name, storage_path=storage_path, callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
         ),
     )
-    result = trainer.fit()
+
+
+def train_core(config: TrainCoreConfig) -> dict[str, Any]:
+    """Run GLEAM-C training; Ray must be initialised. Returns the run summary."""
+    run_dir = config.run_dir()
+    storage.makedirs(run_dir)
+    save_config(config, run_dir)
+    started = time.perf_counter()
+    train_set, val_set = load_splits(config)
+    log.info("training set: %d samples, validation: %d (read report: %s)", len(train_set), len(val_set),
+             train_set.read_report["corrupt_by_field"] or "clean")
+    result = make_trainer(config, train_set, val_set).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as folder:
