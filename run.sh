@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry for a fresh machine: sets up .venv (pinned by constraints.txt) when needed, then
 #   ./run.sh test [pytest args]   runs the test suite
-#   ./run.sh demo [overrides]     runs the main job end to end on the synthetic world (local Ray)
+#   ./run.sh demo [overrides]     synthetic world -> shards -> GLEAM-C training (local Ray);
+#                                 overrides go to jobs/train_core.py
 #   ./run.sh bench                runs the benchmarks (JSON under benchmarks/results/)
 #   ./run.sh setup                only installs
 set -euo pipefail
@@ -29,9 +30,10 @@ case "$command" in
   test) setup; exec "$PY" -m pytest "$@" ;;
   demo)
     setup
-    "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml "$@"
-    "$PY" jobs/contact_sheet.py --out docs/contact_sheet.png --locations 4 --seed 0
+    "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml
     "$PY" jobs/inspect_shards.py data/synth
+    "$PY" jobs/train_core.py --config configs/local-cpu.yaml "$@"
+    "$PY" jobs/contact_sheet.py --out docs/contact_sheet.png --locations 4 --seed 0
     ;;
   bench)
     setup
