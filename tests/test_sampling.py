@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gleam.data.sampling import (SampleIndex, SamplingConfig, gps_neighbours, haversine_m,
-                                 plan_epoch, similarity_neighbours)
+from gleam.core.evaluate import haversine_m
+from gleam.data.sampling import SampleIndex, SamplingConfig, gps_neighbours, plan_epoch, similarity_neighbours
 
 MODALITIES = ["uav", "streetmap", "panorama", "ground"]
 
@@ -107,7 +107,3 @@ def test_gps_neighbours_are_nearest_by_haversine():
         distances[i] = np.inf
         assert neighbours[ids[i]] == [ids[j] for j in np.argsort(distances)[:3]]
 
-
-def test_haversine_known_distance():
-    assert haversine_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(111_195, rel=1e-3)
-    assert haversine_m(47.3769, 8.5417, 46.9480, 7.4474) == pytest.approx(95_500, rel=0.02)  # Zurich-Bern

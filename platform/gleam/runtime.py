@@ -35,9 +35,12 @@ def parse_job_args(config_class: type[T], argv: Sequence[str] | None, descriptio
 
 
 def init_ray(config: RayConfig, **kwargs: Any) -> None:
-    """Connect to the cluster named by ``config.address`` / ``RAY_ADDRESS``, else start a local one.
+    """Connect to the cluster named by ``config.address`` / ``RAY_ADDRESS``, else start a fresh
+    local one (``address="local"``: never a stale cluster a killed run left behind).
 
-    Under ``ray job submit`` RAY_ADDRESS is set and the job joins that cluster.
+    Under ``ray job submit`` RAY_ADDRESS is set and the job joins that cluster; to use a cluster
+    started with ``ray start --head`` from a plain ``python jobs/...`` call, pass
+    ``ray.address=auto``.
     """
     import ray
 
@@ -48,4 +51,4 @@ def init_ray(config: RayConfig, **kwargs: Any) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, **kwargs)

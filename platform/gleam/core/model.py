@@ -27,7 +27,7 @@ CONFIG_NAME = "config.json"
 class ModelConfig:
     """Which backbone, how embeddings are produced, and the input sizes per view."""
 
-    backbone: str = "resnet18"  # any timm model name
+    backbone: str = "convnext_atto"  # any timm model name (LayerNorm: safe for mixed-size batches)
     pretrained_path: str | None = None  # local weight file; None: random init (no downloads)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {dynamic_img_size: true} for ViTs
     embedding_dim: int | None = 256  # projection head output; None: backbone features as they are

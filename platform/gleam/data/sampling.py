@@ -30,9 +30,6 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-EARTH_RADIUS_M = 6_371_008.8
-
-
 @dataclass
 class SamplingConfig:
     """How an epoch's batches are formed."""
@@ -201,11 +198,15 @@ def unit_vectors(latitudes: np.ndarray, longitudes: np.ndarray) -> np.ndarray:
 
 
 def _nearest(vectors: np.ndarray, ids: list[str], k: int, chunk: int = 1024) -> dict[str, list[str]]:
-    """Each id's k most similar other ids by dot product, in chunks (never an N x N matrix)."""
+    """Each id's k most similar other ids by dot product, in float64 chunks (never N x N).
+
+    float64 matters: unit vectors of points a few metres apart differ in the 1e-12 range,
+    beyond float32 (which is why gleam.core.evaluate.top_k is not used here).
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
     result: dict[str, list[str]] = {}
-    count = len(ids)
-    k_eff = min(k + 1, count)
-    for start in range(0, count, chunk):
+    k_eff = min(k + 1, len(ids))
+    for start in range(0, len(ids), chunk):
         scores = vectors[start:start + chunk] @ vectors.T
         top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
         for row, candidates in enumerate(top):
@@ -233,11 +234,3 @@ def similarity_neighbours(location_ids: list[str], satellite_embeddings: np.ndar
     if len(location_ids) != len(satellite_embeddings):
         raise ValueError("one satellite embedding per location id is needed")
     return _nearest(np.asarray(satellite_embeddings, dtype=np.float32), list(location_ids), k)
-
-
-def haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distance in metres between points given in degrees (radians inside)."""
-    phi1, phi2 = np.radians(lat1), np.radians(lat2)
-    dphi, dlambda = phi2 - phi1, np.radians(lon2) - np.radians(lon1)
-    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlambda / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))

@@ -1,0 +1,563 @@
+"""Retrieval metrics for cross-view geo-localization, computed in chunks with bounded memory.
+
+Queries (UAV, street map, panorama, ground photo) are ranked against a gallery of satellite tiles
+by cosine similarity of L2-normalised embeddings (cosine = dot product).  A query's positives are
+the gallery items with the same location id (University-1652: possibly several; VIGOR / CVUSA:
+exactly one).  Queries are processed ``chunk_size`` at a time against the whole gallery, so the
+largest intermediates are a ``chunk_size x G`` float32 similarity block, a boolean mask of the
+same shape and, when queries of a chunk have different numbers of positives, a copy of some of
+its rows: peak extra memory is at most ~9 bytes x chunk_size x G, never O(Q x G).  Per query only
+the ranks of its positives, its average precision and its top-k gallery items are kept.
+
+Conventions (all explicit, all deterministic):
+
+- Ranking order: descending similarity, ties broken by ascending gallery index (what a stable
+  descending sort gives).  Ranks are 0-based; rank r means r gallery items come before it.
+- Recall@k: share of queries whose best-ranked positive has rank < k.  ``R@top1%`` uses
+  k = max(1, floor(G / 100 + 0.5)) (round half up; Sample4Geo uses ``G // 100``).
+- AP: the University-1652 / Market-1501 definition, a trapezoid over the positives.  With the
+  positives' ranks sorted, r_0 < r_1 < ... < r_{n-1}:
+  ``AP = (1/n) * sum_i (p_old_i + p_i) / 2`` with ``p_i = (i + 1) / (r_i + 1)`` and
+  ``p_old_i = i / r_i`` (``1`` when ``r_i == 0``).  For a single positive at rank r > 0 this is
+  ``1 / (2 (r + 1))``, which is why papers report AP above R@1.  "AP" in the results is the
+  mean over queries.
+- Hit rate (VIGOR): the top-1 is a positive or one of the query's semi-positives.
+- Localisation error: haversine distance (metres, spherical Earth, mean radius) between the
+  query's coordinates and those of its top-1 gallery item.  Items with NaN coordinates are
+  skipped and the number of queries used is reported.
+- Queries without any positive in the gallery are counted (``queries_without_positive``) and
+  excluded from every metric, so every number in one result dict has the same denominator
+  ``queries_evaluated``.  Percentages are 0-100; an empty denominator gives ``None``.
+- Embeddings must be L2-normalised: a row norm off by more than ``NORM_TOLERANCE`` raises a
+  ``ValueError`` (pass ``normalize=True`` to have them normalised instead).  Silently ranking
+  unnormalised vectors would give plausible but wrong numbers.
+
+Similarities are float32 (``device`` picks where the products run).  Rankings are exact for the
+similarities as computed; BLAS may round a 1-row product differently from a 1024-row one in the
+last bit, so near-ties closer than ~1e-7 can order differently across chunk sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["FORWARD", "REVERSE", "QueryRanking", "evaluate_retrieval", "haversine_m", "rank_queries",
+           "retrieval_metrics", "summarise", "top1_percent_k", "top_k"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+SemiPositives = Union[Mapping[int, Sequence[int]], Sequence[Sequence[int]]]
+
+EARTH_RADIUS_M = 6_371_008.8  # IUGG mean Earth radius
+NORM_TOLERANCE = 1e-3
+DEFAULT_KS = (1, 5, 10)
+DEFAULT_DISTANCE_THRESHOLDS_M = (25.0, 50.0, 100.0, 500.0)
+FORWARD = "query->satellite"
+REVERSE = "satellite->query"
+ALL_MODALITIES = "all"
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and conversions
+# --------------------------------------------------------------------------------------------
+
+def as_embeddings(values: ArrayLike, name: str, normalize: bool = False) -> torch.Tensor:
+    """A ``[N, D]`` float32 CPU tensor of unit-norm rows, or a ``ValueError`` saying what is wrong."""
+    if isinstance(values, torch.Tensor):
+        embeddings = values.detach().to(device="cpu", dtype=torch.float32)
+    else:
+        array = np.asarray(values)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+        embeddings = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array [N, D], got shape {tuple(embeddings.shape)}")
+    if not bool(torch.isfinite(embeddings).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    norms = torch.linalg.vector_norm(embeddings.double(), dim=1)
+    if normalize:
+        if bool((norms == 0).any()):
+            raise ValueError(f"{name} has an all-zero row, which cannot be normalised")
+        return (embeddings.double() / norms[:, None]).float()
+    worst = int(torch.argmax((norms - 1).abs()))
+    if abs(float(norms[worst]) - 1) > NORM_TOLERANCE:
+        raise ValueError(f"{name} must be L2-normalised (row {worst} has norm {float(norms[worst]):.6g}); "
+                         "normalise them or pass normalize=True")
+    return embeddings
+
+
+def as_location_ids(ids: ArrayLike, length: int, name: str) -> np.ndarray:
+    """Location ids as a 1-D integer or string array of the given length."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    array = np.asarray(ids)
+    if array.dtype.kind == "O" and all(isinstance(item, str) for item in array.ravel()):
+        array = array.astype(str)
+    if array.dtype.kind not in "iuU":
+        raise ValueError(f"{name} must be integers or strings, got dtype {array.dtype}")
+    if array.ndim != 1 or len(array) != length:
+        raise ValueError(f"{name} must be 1-D with {length} entries (one per embedding row), "
+                         f"got shape {array.shape}")
+    return array.astype(np.int64) if array.dtype.kind in "iu" else array
+
+
+def as_latlon(latlon: ArrayLike | None, length: int, name: str) -> np.ndarray | None:
+    """Coordinates as a float64 ``[N, 2]`` array of (lat, lon) degrees; NaN marks unknown."""
+    if latlon is None:
+        return None
+    array = np.asarray(latlon.cpu().numpy() if isinstance(latlon, torch.Tensor) else latlon, dtype=np.float64)
+    if array.shape != (length, 2):
+        raise ValueError(f"{name} must have shape ({length}, 2) as (lat, lon) degrees, got {array.shape}")
+    latitudes, longitudes = array[:, 0], array[:, 1]
+    if np.any(np.abs(latitudes[np.isfinite(latitudes)]) > 90) or \
+            np.any(np.abs(longitudes[np.isfinite(longitudes)]) > 180):
+        raise ValueError(f"{name} holds values outside lat [-90, 90] / lon [-180, 180] degrees")
+    return array
+
+
+def as_semi_positives(semi_positives: SemiPositives | None, num_queries: int,
+                      gallery_size: int) -> dict[int, np.ndarray] | None:
+    """Semi-positives as ``{query index: gallery indices}``, every index checked."""
+    if semi_positives is None:
+        return None
+    items = semi_positives.items() if isinstance(semi_positives, Mapping) else enumerate(semi_positives)
+    checked: dict[int, np.ndarray] = {}
+    for query_index, gallery_indices in items:
+        indices = np.asarray(gallery_indices, dtype=np.int64).reshape(-1)
+        if not 0 <= int(query_index) < num_queries:
+            raise ValueError(f"semi_positives names query {query_index}, outside [0, {num_queries})")
+        if indices.size and (indices.min() < 0 or indices.max() >= gallery_size):
+            raise ValueError(f"semi_positives of query {query_index} name gallery items outside "
+                             f"[0, {gallery_size})")
+        checked[int(query_index)] = indices
+    return checked
+
+
+def check_coordinates_paired(query_latlon: object, gallery_latlon: object) -> None:
+    if (query_latlon is None) != (gallery_latlon is None):
+        raise ValueError("localisation needs both query_latlon and gallery_latlon (or neither)")
+
+
+def check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_same_id_kind(query_ids: np.ndarray, gallery_ids: np.ndarray) -> None:
+    if (query_ids.dtype.kind == "U") != (gallery_ids.dtype.kind == "U"):
+        raise ValueError("query and gallery location ids must both be strings or both be integers, "
+                         f"got {query_ids.dtype} and {gallery_ids.dtype}")
+
+
+# --------------------------------------------------------------------------------------------
+# Positives: which gallery items share each query's location id
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Positives:
+    """Each query's positives as slices of ``gallery_order`` (ascending gallery index)."""
+
+    start: np.ndarray  # [Q] offset into gallery_order
+    count: np.ndarray  # [Q] number of positives (0: the location is not in the gallery)
+    gallery_order: np.ndarray  # [G] gallery indices grouped by location id
+
+
+def find_positives(query_ids: np.ndarray, gallery_ids: np.ndarray) -> Positives:
+    unique_ids, gallery_codes = np.unique(gallery_ids, return_inverse=True)
+    gallery_order = np.argsort(gallery_codes, kind="stable")
+    counts_per_id = np.bincount(gallery_codes, minlength=len(unique_ids))
+    starts_per_id = np.concatenate([[0], np.cumsum(counts_per_id)[:-1]])
+    slot = np.minimum(np.searchsorted(unique_ids, query_ids), len(unique_ids) - 1)
+    found = unique_ids[slot] == query_ids
+    return Positives(start=np.where(found, starts_per_id[slot], 0),
+                     count=np.where(found, counts_per_id[slot], 0).astype(np.int64),
+                     gallery_order=gallery_order)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking one chunk of queries
+# --------------------------------------------------------------------------------------------
+
+def count_true_per_row(mask: torch.Tensor) -> np.ndarray:
+    """Number of True entries in each row (numpy's count is much faster than torch's on CPU)."""
+    if mask.device.type == "cpu":
+        return np.count_nonzero(mask.numpy(), axis=1).astype(np.int64)
+    return mask.sum(dim=1).cpu().numpy().astype(np.int64)
+
+
+def ranks_of_items(similarities: torch.Tensor, item_columns: torch.Tensor) -> np.ndarray:
+    """0-based rank of ``item_columns[i]`` in row i: items scoring higher + equal items before it."""
+    item_scores = similarities.gather(1, item_columns[:, None])
+    higher = count_true_per_row(similarities > item_scores)
+    at_least = count_true_per_row(similarities >= item_scores)
+    ranks = higher
+    tied_rows = np.flatnonzero(at_least - higher > 1)
+    if tied_rows.size:
+        tied = torch.from_numpy(tied_rows).to(similarities.device)
+        columns = torch.arange(similarities.shape[1], device=similarities.device)
+        equal_before = (similarities[tied] == item_scores[tied]) & (columns[None, :] < item_columns[tied, None])
+        ranks[tied_rows] += count_true_per_row(equal_before)
+    return ranks
+
+
+def positive_ranks_of_chunk(similarities: torch.Tensor, positives: Positives,
+                            query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in chunk, rank) of every positive of the chunk's queries.
+
+    The t-th positives of all queries are ranked together ("slot" t), so queries with the same
+    number of positives need no copy of their similarity rows.
+    """
+    counts = positives.count[query_rows]
+    chunk_rows, ranks = [], []
+    for slot in range(int(counts.max(initial=0))):
+        rows = np.flatnonzero(counts > slot)
+        columns = positives.gallery_order[positives.start[query_rows[rows]] + slot]
+        column_tensor = torch.from_numpy(columns).to(similarities.device)
+        if len(rows) == len(query_rows):
+            block = similarities
+        else:
+            block = similarities.index_select(0, torch.from_numpy(rows).to(similarities.device))
+        chunk_rows.append(rows)
+        ranks.append(ranks_of_items(block, column_tensor))
+    if not chunk_rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(chunk_rows), np.concatenate(ranks)
+
+
+def average_precision_from_ranks(rows: np.ndarray, ranks: np.ndarray,
+                                 num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: (rank of the first positive or -1, University-1652 AP or NaN) from positive ranks."""
+    order = np.lexsort((ranks, rows))
+    rows, ranks = rows[order], ranks[order]
+    positives_per_row = np.bincount(rows, minlength=num_rows)
+    row_start = np.concatenate([[0], np.cumsum(positives_per_row)[:-1]])
+    position = np.arange(len(rows)) - row_start[rows]  # i: how many positives come before
+    precision = (position + 1) / (ranks + 1)
+    precision_before = np.where(ranks > 0, position / np.maximum(ranks, 1), 1.0)
+    term_sum = np.bincount(rows, weights=(precision + precision_before) / 2, minlength=num_rows)
+    has_positive = positives_per_row > 0
+    first_rank = np.full(num_rows, -1, dtype=np.int64)
+    first_rank[has_positive] = ranks[row_start[has_positive]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        average_precision = np.where(has_positive, term_sum / positives_per_row, np.nan)
+    return first_rank, average_precision
+
+
+def order_by_score_then_index(scores: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by descending score, ties by ascending gallery index."""
+    indices, by_index = indices.sort(dim=1, stable=True)
+    scores = scores.gather(1, by_index)
+    scores, by_score = scores.sort(dim=1, descending=True, stable=True)
+    return scores, indices.gather(1, by_score)
+
+
+def top_k_of_chunk(similarities: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic top-k of each row (ties by ascending index) without sorting whole rows.
+
+    ``torch.topk`` picks among tied items arbitrarily, so it is asked for k + 1: when the k-th and
+    (k+1)-th scores differ, the top-k set is unambiguous and only needs reordering; rows tied
+    across that boundary (rare with real embeddings) are resolved by a stable sort of the row.
+    """
+    gallery_size = similarities.shape[1]
+    probe = min(k + 1, gallery_size)
+    scores, indices = order_by_score_then_index(*torch.topk(similarities, probe, dim=1, sorted=False))
+    if probe > k:
+        boundary_tied = torch.nonzero(scores[:, k] == scores[:, k - 1]).flatten()
+        if boundary_tied.numel():
+            tied_scores, tied_indices = similarities[boundary_tied].sort(dim=1, descending=True, stable=True)
+            scores[boundary_tied] = tied_scores[:, :probe]
+            indices[boundary_tied] = tied_indices[:, :probe]
+    return scores[:, :k], indices[:, :k]
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking all queries
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueryRanking:
+    """What the metrics need from each query's ranking of the gallery (no Q x G array)."""
+
+    first_positive_rank: np.ndarray  # [Q] int64, -1 when the query has no positive
+    average_precision: np.ndarray  # [Q] float64 (0-1, University-1652), NaN without positive
+    num_positives: np.ndarray  # [Q] int64
+    top_indices: np.ndarray  # [Q, k] int64 gallery indices, best first
+    top_scores: np.ndarray  # [Q, k] float32 similarities
+    gallery_size: int
+
+
+def rank_embeddings(query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor,
+                    positives: Positives | None, keep_top: int, chunk_size: int,
+                    device: str | torch.device | None) -> QueryRanking:
+    """Rank checked embeddings chunk by chunk; ``positives=None`` computes top-k only."""
+    device = torch.device(device or "cpu")
+    num_queries, gallery_size = query_embeddings.shape[0], gallery_embeddings.shape[0]
+    gallery_t = gallery_embeddings.to(device).T
+    first_rank = np.full(num_queries, -1, dtype=np.int64)
+    average_precision = np.full(num_queries, np.nan)
+    top_scores = np.zeros((num_queries, keep_top), dtype=np.float32)
+    top_indices = np.zeros((num_queries, keep_top), dtype=np.int64)
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        similarities = query_embeddings[start:stop].to(device) @ gallery_t
+        scores, indices = top_k_of_chunk(similarities, keep_top)
+        top_scores[start:stop], top_indices[start:stop] = scores.cpu().numpy(), indices.cpu().numpy()
+        if positives is not None:
+            rows, ranks = positive_ranks_of_chunk(similarities, positives, np.arange(start, stop))
+            first_rank[start:stop], average_precision[start:stop] = \
+                average_precision_from_ranks(rows, ranks, stop - start)
+        del similarities
+    num_positives = positives.count.copy() if positives is not None else np.zeros(num_queries, np.int64)
+    return QueryRanking(first_rank, average_precision, num_positives, top_indices, top_scores, gallery_size)
+
+
+def rank_queries(query_embeddings: ArrayLike, query_ids: ArrayLike, gallery_embeddings: ArrayLike,
+                 gallery_ids: ArrayLike, *, keep_top: int = 1, chunk_size: int = 1024,
+                 device: str | torch.device | None = None, normalize: bool = False) -> QueryRanking:
+    """Per-query ranking results (positive ranks, AP, top-k) for later summaries or mining."""
+    queries = as_embeddings(query_embeddings, "query_embeddings", normalize)
+    gallery = as_embeddings(gallery_embeddings, "gallery_embeddings", normalize)
+    check_same_dim(queries, gallery)
+    query_id_array = as_location_ids(query_ids, len(queries), "query_ids")
+    gallery_id_array = as_location_ids(gallery_ids, len(gallery), "gallery_ids")
+    check_same_id_kind(query_id_array, gallery_id_array)
+    keep_top = min(check_positive_int(keep_top, "keep_top"), len(gallery))
+    return rank_embeddings(queries, gallery, find_positives(query_id_array, gallery_id_array), keep_top,
+                           check_positive_int(chunk_size, "chunk_size"), device)
+
+
+def check_same_dim(queries: torch.Tensor, gallery: torch.Tensor) -> None:
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query and gallery embeddings differ in dimension: "
+                         f"{queries.shape[1]} vs {gallery.shape[1]}")
+
+
+def top_k(query_embeddings: ArrayLike, gallery_embeddings: ArrayLike, k: int, chunk_size: int = 1024,
+          *, device: str | torch.device | None = None,
+          normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar gallery items of each query: ``(scores [Q, k] float32, indices [Q, k] int64)``.
+
+    Best first; ties by ascending gallery index.  ``k`` must be in [1, G].
+    """
+    queries = as_embeddings(query_embeddings, "query_embeddings", normalize)
+    gallery = as_embeddings(gallery_embeddings, "gallery_embeddings", normalize)
+    check_same_dim(queries, gallery)
+    if check_positive_int(k, "k") > len(gallery):
+        raise ValueError(f"k={k} exceeds the gallery size {len(gallery)}")
+    ranking = rank_embeddings(queries, gallery, None, k, check_positive_int(chunk_size, "chunk_size"), device)
+    return ranking.top_scores, ranking.top_indices
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+
+def haversine_m(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike) -> np.ndarray:
+    """Great-circle distance in metres between points given in degrees (broadcasts like numpy)."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(value, dtype=np.float64)) for value in (lat1, lon1, lat2, lon2))
+    half_chord = (np.sin((lat2 - lat1) / 2) ** 2
+                  + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(half_chord, 0.0, 1.0)))
+
+
+def top1_percent_k(gallery_size: int) -> int:
+    """k of R@top1%: 1% of the gallery, rounded half up, at least 1."""
+    return max(1, math.floor(gallery_size / 100 + 0.5))
+
+
+def percent(values: np.ndarray) -> float | None:
+    """Mean of booleans or 0-1 values as a percentage; ``None`` when there is nothing to average."""
+    return float(100.0 * np.mean(values)) if values.size else None
+
+
+def localisation_summary(errors_m: np.ndarray, thresholds_m: Sequence[float]) -> dict:
+    known = errors_m[np.isfinite(errors_m)]
+    summary: dict = {"queries": int(known.size),
+                     "median": float(np.median(known)) if known.size else None,
+                     "mean": float(np.mean(known)) if known.size else None}
+    for threshold in thresholds_m:
+        summary[f"within_{threshold:g}m"] = percent(known <= threshold)
+    return summary
+
+
+def semi_positive_hits(top1: np.ndarray, query_indices: np.ndarray,
+                       semi_positives: dict[int, np.ndarray]) -> np.ndarray:
+    empty = np.zeros(0, np.int64)
+    return np.array([bool(np.isin(top1[q], semi_positives.get(int(q), empty))) for q in query_indices], dtype=bool)
+
+
+def summarise(ranking: QueryRanking, query_mask: np.ndarray | None = None, *,
+              ks: Sequence[int] = DEFAULT_KS, direction: str = FORWARD,
+              semi_positives: dict[int, np.ndarray] | None = None,
+              query_latlon: np.ndarray | None = None, gallery_latlon: np.ndarray | None = None,
+              distance_thresholds_m: Sequence[float] = DEFAULT_DISTANCE_THRESHOLDS_M) -> dict:
+    """Paper-style metrics (percentages) over the queries selected by ``query_mask``."""
+    selected = np.ones(len(ranking.first_positive_rank), bool) if query_mask is None else query_mask
+    evaluated = np.flatnonzero(selected & (ranking.first_positive_rank >= 0))
+    ranks = ranking.first_positive_rank[evaluated]
+    top1_k = top1_percent_k(ranking.gallery_size)
+    metrics: dict = {"direction": direction, "queries": int(selected.sum()),
+                     "gallery_size": ranking.gallery_size, "queries_evaluated": int(evaluated.size),
+                     "queries_without_positive": int(selected.sum() - evaluated.size)}
+    for k in ks:
+        metrics[f"R@{k}"] = percent(ranks < k)
+    metrics["R@top1%"] = percent(ranks < top1_k)
+    metrics["top1%_k"] = top1_k
+    metrics["AP"] = percent(ranking.average_precision[evaluated])
+    top1 = ranking.top_indices[:, 0]
+    if semi_positives is not None:
+        semi_hits = semi_positive_hits(top1, evaluated, semi_positives)
+        metrics["hit_rate"] = percent((ranks == 0) | semi_hits)
+    if query_latlon is not None and gallery_latlon is not None:
+        predicted = gallery_latlon[top1[evaluated]]
+        truth = query_latlon[evaluated]
+        errors = haversine_m(truth[:, 0], truth[:, 1], predicted[:, 0], predicted[:, 1])
+        metrics["localisation_error_m"] = localisation_summary(errors, distance_thresholds_m)
+    return metrics
+
+
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    return tuple(check_positive_int(k, "every k in ks") for k in ks)
+
+
+def retrieval_metrics(query_embeddings: ArrayLike, query_ids: ArrayLike, gallery_embeddings: ArrayLike,
+                      gallery_ids: ArrayLike, *, ks: Sequence[int] = DEFAULT_KS,
+                      query_latlon: ArrayLike | None = None, gallery_latlon: ArrayLike | None = None,
+                      semi_positives: SemiPositives | None = None, chunk_size: int = 1024,
+                      device: str | torch.device | None = None, direction: str = FORWARD,
+                      normalize: bool = False,
+                      distance_thresholds_m: Sequence[float] = DEFAULT_DISTANCE_THRESHOLDS_M) -> dict:
+    """R@k, R@top1%, AP, hit rate and localisation error of one direction, as a JSON-ready dict.
+
+    Hit rate appears only with ``semi_positives`` ({query index: gallery indices} or a list with
+    one entry per query); ``localisation_error_m`` only with both coordinate arrays ([N, 2] degrees).
+    """
+    ks = check_ks(ks)
+    check_coordinates_paired(query_latlon, gallery_latlon)
+    ranking = rank_queries(query_embeddings, query_ids, gallery_embeddings, gallery_ids,
+                           chunk_size=chunk_size, device=device, normalize=normalize)
+    num_queries = len(ranking.first_positive_rank)
+    return summarise(ranking, ks=ks, direction=direction,
+                     semi_positives=as_semi_positives(semi_positives, num_queries, ranking.gallery_size),
+                     query_latlon=as_latlon(query_latlon, num_queries, "query_latlon"),
+                     gallery_latlon=as_latlon(gallery_latlon, ranking.gallery_size, "gallery_latlon"),
+                     distance_thresholds_m=distance_thresholds_m)
+
+
+# --------------------------------------------------------------------------------------------
+# Both directions, per modality
+# --------------------------------------------------------------------------------------------
+
+def as_modalities(query_modalities: Sequence[str] | None, num_queries: int) -> np.ndarray | None:
+    if query_modalities is None:
+        return None
+    modalities = np.asarray(query_modalities)
+    if modalities.shape != (num_queries,) or modalities.dtype.kind != "U":
+        raise ValueError(f"query_modalities must be {num_queries} strings (one per query)")
+    if ALL_MODALITIES in set(modalities.tolist()):
+        raise ValueError(f"{ALL_MODALITIES!r} is reserved for the overall result; rename that modality")
+    return modalities
+
+
+def invert_semi_positives(semi_positives: dict[int, np.ndarray] | None, query_subset: np.ndarray,
+                          num_queries: int) -> dict[int, np.ndarray] | None:
+    """Semi-positives seen from the satellites: tile -> positions in ``query_subset`` listing it."""
+    if semi_positives is None:
+        return None
+    position_in_subset = np.full(num_queries, -1, dtype=np.int64)
+    position_in_subset[query_subset] = np.arange(len(query_subset))
+    inverted: dict[int, list[int]] = {}
+    for query_index, gallery_indices in semi_positives.items():
+        if position_in_subset[query_index] >= 0:
+            for gallery_index in gallery_indices.tolist():
+                inverted.setdefault(gallery_index, []).append(int(position_in_subset[query_index]))
+    return {tile: np.asarray(sorted(queries), dtype=np.int64) for tile, queries in inverted.items()}
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """Checked inputs of ``evaluate_retrieval``."""
+
+    queries: torch.Tensor
+    query_ids: np.ndarray
+    gallery: torch.Tensor
+    gallery_ids: np.ndarray
+    modalities: np.ndarray | None
+    query_latlon: np.ndarray | None
+    gallery_latlon: np.ndarray | None
+    semi_positives: dict[int, np.ndarray] | None
+
+
+def forward_results(inputs: EvaluationInputs, ks: tuple[int, ...], chunk_size: int,
+                    device: str | torch.device | None, thresholds: Sequence[float]) -> dict:
+    """query->satellite: one ranking, summarised overall and per query modality."""
+    ranking = rank_embeddings(inputs.queries, inputs.gallery, find_positives(inputs.query_ids, inputs.gallery_ids),
+                              1, chunk_size, device)
+    common = dict(ks=ks, semi_positives=inputs.semi_positives, query_latlon=inputs.query_latlon,
+                  gallery_latlon=inputs.gallery_latlon, distance_thresholds_m=thresholds)
+    results = {ALL_MODALITIES: summarise(ranking, direction=FORWARD, **common)}
+    for modality in sorted(set(inputs.modalities.tolist())) if inputs.modalities is not None else []:
+        results[modality] = summarise(ranking, inputs.modalities == modality,
+                                      direction=f"{modality}->satellite", **common)
+    return results
+
+
+def reverse_results(inputs: EvaluationInputs, ks: tuple[int, ...], chunk_size: int,
+                    device: str | torch.device | None, thresholds: Sequence[float]) -> dict:
+    """satellite->query: satellite tiles rank the query images, all of them and each modality."""
+    num_queries = len(inputs.query_ids)
+    subsets = {ALL_MODALITIES: (REVERSE, np.arange(num_queries))}
+    for modality in sorted(set(inputs.modalities.tolist())) if inputs.modalities is not None else []:
+        subsets[modality] = (f"satellite->{modality}", np.flatnonzero(inputs.modalities == modality))
+    results = {}
+    for name, (direction, subset) in subsets.items():
+        subset_ids = inputs.query_ids[subset]
+        positives = find_positives(inputs.gallery_ids, subset_ids)
+        ranking = rank_embeddings(inputs.gallery, inputs.queries[subset], positives, 1, chunk_size, device)
+        results[name] = summarise(
+            ranking, ks=ks, direction=direction,
+            semi_positives=invert_semi_positives(inputs.semi_positives, subset, num_queries),
+            query_latlon=inputs.gallery_latlon,
+            gallery_latlon=None if inputs.query_latlon is None else inputs.query_latlon[subset],
+            distance_thresholds_m=thresholds)
+    return results
+
+
+def evaluate_retrieval(query_embeddings: ArrayLike, query_ids: ArrayLike, gallery_embeddings: ArrayLike,
+                       gallery_ids: ArrayLike, *, query_modalities: Sequence[str] | None = None,
+                       both_directions: bool = True, ks: Sequence[int] = DEFAULT_KS,
+                       query_latlon: ArrayLike | None = None, gallery_latlon: ArrayLike | None = None,
+                       semi_positives: SemiPositives | None = None, chunk_size: int = 1024,
+                       device: str | torch.device | None = None, normalize: bool = False,
+                       distance_thresholds_m: Sequence[float] = DEFAULT_DISTANCE_THRESHOLDS_M) -> dict:
+    """Metrics of query->satellite and (optionally) satellite->query, overall and per modality.
+
+    Returns ``{"query->satellite": {"all": {...}, "uav": {...}, ...}, "satellite->query": {...}}``.
+    Forward: every query ranks the whole satellite gallery; a modality's entry summarises its
+    queries.  Reverse: every satellite tile is a query and ranks the query images ("all") or the
+    images of one modality (as satellite->drone in University-1652); tiles whose location has no
+    image in that gallery count as ``queries_without_positive``.  Semi-positives are inverted for
+    the reverse direction (tile -> query images that list it); coordinates swap roles.
+    """
+    check_coordinates_paired(query_latlon, gallery_latlon)
+    queries = as_embeddings(query_embeddings, "query_embeddings", normalize)
+    gallery = as_embeddings(gallery_embeddings, "gallery_embeddings", normalize)
+    check_same_dim(queries, gallery)
+    inputs = EvaluationInputs(
+        queries=queries, query_ids=as_location_ids(query_ids, len(queries), "query_ids"),
+        gallery=gallery, gallery_ids=as_location_ids(gallery_ids, len(gallery), "gallery_ids"),
+        modalities=as_modalities(query_modalities, len(queries)),
+        query_latlon=as_latlon(query_latlon, len(queries), "query_latlon"),
+        gallery_latlon=as_latlon(gallery_latlon, len(gallery), "gallery_latlon"),
+        semi_positives=as_semi_positives(semi_positives, len(queries), len(gallery)))
+    check_same_id_kind(inputs.query_ids, inputs.gallery_ids)
+    ks, chunk_size = check_ks(ks), check_positive_int(chunk_size, "chunk_size")
+    results = {FORWARD: forward_results(inputs, ks, chunk_size, device, distance_thresholds_m)}
+    if both_directions:
+        results[REVERSE] = reverse_results(inputs, ks, chunk_size, device, distance_thresholds_m)
+    return results

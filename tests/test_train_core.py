@@ -1,0 +1,148 @@
+"""GLEAM-C jobs as users run them: a killed run resumes, a killed worker is survived, and the
+entry point runs under `ray job submit` on a `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import shutil
+import sys
+import tempfile
+import time
+
+import pytest
+
+from gleam.config import ShardConfig
+from gleam.data.shards import write_manifest, write_part
+from samples import make_sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ("phases=[{name: pano, epochs: 1, modalities: [panorama], lr: 0.001},"
+          " {name: all, epochs: %d, modalities: [uav, streetmap, panorama, ground], lr: 0.0005}]")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """Random-texture pairs: enough to exercise the machinery (not to learn anything)."""
+    out = str(tmp_path_factory.mktemp("tiny"))
+    records = [write_part(out, "train", lambda: [make_sample(i, split="train") for i in range(48)], ShardConfig()),
+               write_part(out, "val", lambda: [make_sample(500 + i, split="val") for i in range(12)], ShardConfig())]
+    write_manifest(out, records, dataset="tiny")
+    return out
+
+
+def job_command(dataset: str, output: str, name: str, epochs: int, *extra: str) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "jobs", "train_core.py"), "--config",
+            os.path.join(ROOT, "configs", "local-cpu.yaml"), f"data.dataset={dataset}",
+            f"run.output_dir={output}", f"run.name={name}", "train.global_batch=8",
+            "model.image_size=32", "model.panorama_size=[32, 64]", "model.embedding_dim=32",
+            PHASES % epochs, *extra]
+
+
+def job_env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"job ended ({process.returncode}) before {what}:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_was(tiny_dataset, tmp_path):
+    command = job_command(tiny_dataset, str(tmp_path), "resume", 3)
+    run_dir = str(tmp_path / "resume")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=job_env(), start_new_session=True)
+    wait_for(lambda: len(metrics(run_dir)) >= 2, 240, "two finished epochs", first)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die at once
+    first.wait()
+    done_before = len(metrics(run_dir))
+    assert done_before < 4
+    second = subprocess.run(command, capture_output=True, text=True, env=job_env(), timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    history = metrics(run_dir)
+    assert [(h["phase"], h["epoch"]) for h in history] == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    steps = [h["global_step"] for h in history]
+    assert steps == sorted(set(steps))  # no epoch was trained twice
+    assert "resumed at phase" in second.stdout + second.stderr
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["epochs"] == 4
+    assert os.path.exists(os.path.join(run_dir, "plots", "recall.png"))
+    assert os.path.exists(os.path.join(run_dir, "final", "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_training_finishes(tiny_dataset, tmp_path):
+    command = job_command(tiny_dataset, str(tmp_path), "failure", 3, "train.max_failures=1")
+    run_dir = str(tmp_path / "failure")
+    pid_file = os.path.join(run_dir, "workers", "rank1.pid")
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=job_env(), start_new_session=True)
+    try:
+        wait_for(lambda: len(metrics(run_dir)) >= 1, 240, "the first epoch", job)
+        victim = int(open(pid_file).read())
+        os.kill(victim, signal.SIGKILL)
+        output, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-4000:]
+    assert int(open(pid_file).read()) != victim  # a new worker group took over
+    history = metrics(run_dir)
+    assert [(h["phase"], h["epoch"]) for h in history][-1] == (1, 2)
+    assert json.load(open(os.path.join(run_dir, "summary.json")))["epochs"] == 4
+
+
+@pytest.mark.slow
+def test_job_submit_to_a_started_cluster(tiny_dataset, tmp_path):
+    from conftest import free_port
+
+    env = {**job_env(), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="gleam-ray-", dir="/tmp")  # AF_UNIX paths must stay short
+    # its own session, so the test can stop exactly this cluster (`ray stop` would stop every
+    # Ray on the machine, the test session's own included)
+    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    assert head.wait(timeout=120) == 0, head.stdout.read()
+    try:
+        command = job_command(tiny_dataset, str(tmp_path / "runs"), "submitted", 1)
+        submit = subprocess.run([ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+                                 "--", *command], capture_output=True, text=True, env=env, timeout=480)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+        assert "succeeded" in submit.stdout.lower()
+        summary = json.load(open(tmp_path / "runs" / "submitted" / "summary.json"))
+        assert summary["epochs"] == 2 and summary["train_samples"] == 48
+    finally:
+        stop_session(head.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_session(session_id: int) -> None:
+    """SIGTERM, then SIGKILL, every process of the session that `ray start` created."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(session_id, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
