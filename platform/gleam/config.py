@@ -82,6 +82,7 @@ ROOT_CONFIGS: dict[str, str] = {
     "make_shards": "gleam.data.make_shards:MakeShardsConfig",
     "train_core": "gleam.core.train:TrainCoreConfig",
     "tune_core": "gleam.core.tune:TuneCoreConfig",
+    "evaluate_core": "gleam.core.evaluate:EvaluateCoreConfig",
 }
 
 

@@ -561,3 +561,57 @@ def evaluate_retrieval(query_embeddings: ArrayLike, query_ids: ArrayLike, galler
     if both_directions:
         results[REVERSE] = reverse_results(inputs, ks, chunk_size, device, distance_thresholds_m)
     return results
+
+
+# --------------------------------------------------------------------------- checkpoints on shards
+
+
+@dataclass
+class EvaluateCoreConfig:
+    """Root config of ``jobs/evaluate_core.py``: a GLEAM-C checkpoint against one split."""
+
+    kind: str = "evaluate_core"
+    checkpoint: str = "runs/gleam-c-local/final"  # folder with model.safetensors + config.json
+    dataset: str = "data/synth"
+    split: str = "test"
+    distractors: bool = True  # the split's satellite-only tiles join the gallery
+    batch_size: int = 64
+    output: str | None = None  # metrics JSON; default: <checkpoint>/eval-<split>.json
+
+
+def evaluate_checkpoint(config: EvaluateCoreConfig) -> dict:
+    """Embed a split's queries and gallery with the checkpoint and compute every metric."""
+    from gleam import storage
+    from gleam.core.model import GleamEncoder
+    from gleam.core.train import embed_rows
+    from gleam.data.pipeline import build_training_set
+    from gleam.data.schema import query_modalities
+
+    encoder = GleamEncoder.from_pretrained(config.checkpoint)
+    model_config = encoder.config
+    data_config = encoder.data_config()
+    sizes = {m: model_config.input_size(m) for m in query_modalities()}
+    dataset = build_training_set(config.dataset, split=config.split, modalities=None, sizes=sizes,
+                                 satellite_size=model_config.input_size("satellite"),
+                                 include_distractors=config.distractors)
+    query_rows, gallery_rows = dataset.query_rows(), dataset.gallery_rows()
+    if len(query_rows) == 0:
+        raise ValueError(f"{config.dataset}: split {config.split!r} has no query samples")
+    device = torch.device("cpu")
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    queries = embed_rows(encoder, dataset, query_rows, "query", config.batch_size, device, mean, std)
+    gallery = embed_rows(encoder, dataset, gallery_rows, "satellite", config.batch_size, device, mean, std)
+    metrics = evaluate_retrieval(
+        queries, [dataset.location_ids[r] for r in query_rows], gallery,
+        [dataset.location_ids[r] for r in gallery_rows],
+        query_modalities=[dataset.modalities[r] for r in query_rows],
+        query_latlon=np.stack([dataset.latitudes[query_rows], dataset.longitudes[query_rows]], axis=1),
+        gallery_latlon=np.stack([dataset.latitudes[gallery_rows], dataset.longitudes[gallery_rows]], axis=1))
+    report = {"checkpoint": config.checkpoint, "dataset": config.dataset, "split": config.split,
+              "queries": len(query_rows), "gallery": len(gallery_rows),
+              "read_report": {k: v for k, v in dataset.read_report.items() if k != "corrupt_samples"},
+              "metrics": metrics}
+    output = config.output or storage.join(config.checkpoint, f"eval-{config.split}.json")
+    storage.write_json(output, report)
+    report["output"] = output
+    return report

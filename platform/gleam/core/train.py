@@ -53,7 +53,8 @@ class OptimSection:
 class TrainSection:
     global_batch: int = 32
     max_steps_per_epoch: int | None = None  # cap for smoke runs
-    eval_every: int = 1  # epochs
+    eval_every: int = 1  # epochs; 0: only after the last epoch (if final_eval)
+    final_eval: bool = True
     eval_batch: int = 64
     checkpoints_to_keep: int = 2
     max_failures: int = 2  # worker-group restarts Ray Train may do (FailureConfig)
@@ -336,7 +337,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "hard_negative_neighbours": 0 if neighbours is None else len(neighbours),
             }
             last_epoch = phase_index == len(config.phases) - 1 and epoch == phase.epochs - 1
-            if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
+            every = config.train.eval_every
+            if (every and (epoch + 1) % every == 0 and not last_epoch) or (last_epoch and config.train.final_eval):
                 metrics.update(flatten_metrics(evaluate_split(encoder, val_set, config, device, mean, std,
                                                               rank, world), "val"))
             state.update({"phase": phase_index, "epoch": epoch})
