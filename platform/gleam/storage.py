@@ -249,12 +249,16 @@ def remove(url: str) -> None:
             fs.rm(path)
 
 
-def remove_stale_temporaries(url: str) -> int:
-    """Remove temporary files an interrupted local writer left in folder ``url``; returns count."""
+def remove_stale_temporaries(url: str, target_prefix: str = "") -> int:
+    """Remove temporary files an interrupted local writer left in folder ``url`` for targets
+    whose names start with ``target_prefix`` (other writers may be busy with theirs)."""
     if is_remote(url) or not os.path.isdir(_strip_file_scheme(url)):
         return 0
     folder = _strip_file_scheme(url)
-    stale = [n for n in os.listdir(folder) if n.startswith(".") and ".tmp-" in n]
+    stale = [n for n in os.listdir(folder) if n.startswith("." + target_prefix) and ".tmp-" in n]
     for name in stale:
-        os.remove(os.path.join(folder, name))
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
     return len(stale)

@@ -78,8 +78,9 @@ def world_for(synth: SynthConfig, split: str) -> Any:
 
 
 def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[str, Any]:
-    return {"world_seed": synth.seed, "biome": world.biome, "x_m": round(location.x, 2),
-            "y_m": round(location.y, 2), "tile_size_m": world.tile_size_m}
+    return {"world_id": world.world_id, "world_seed": synth.seed, "biome": world.biome.name,
+            "location_kind": location.kind, "x_m": round(location.x, 2), "y_m": round(location.y, 2),
+            "tile_size_m": world.config.tile_size_m, "tile_bounds_latlon": list(world.tile_bounds_latlon(location))}
 
 
 def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Iterator[Sample]:
@@ -100,8 +101,8 @@ def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Itera
         facts = world.scene_facts(location)
         for modality in synth.modalities:
             for view in range(synth.views_per_location):
-                image, view_info = world.render_query(location, modality, view, size=synth.image_size,
-                                                      panorama_width=synth.panorama_width)
+                size = synth.panorama_width if modality == "panorama" else synth.image_size
+                image, view_info = world.render_query(location, modality, view, size=size)
                 yield Sample(
                     key=f"{part.split}-{location.location_id}-{modality}-{view}",
                     location_id=location.location_id, modality=modality,

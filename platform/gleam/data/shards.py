@@ -218,7 +218,7 @@ def write_part(output_url: str, part: str, make_samples: Callable[[], Iterable[S
             return existing
     started = time.perf_counter()
     storage.makedirs(output_url)
-    storage.remove_stale_temporaries(output_url)
+    storage.remove_stale_temporaries(output_url, f"{config.prefix}-{part}-")
     infos = write_shards(make_samples(), output_url, part, config)
     _remove_leftover_shards(output_url, config.prefix, part, keep={i.name for i in infos})
     record = PartRecord(part=part, shards=infos, seconds=round(time.perf_counter() - started, 3))
