@@ -61,3 +61,23 @@ def test_encoded_rows_when_decode_is_off(ray_session, tmp_path):
     write_demo(str(tmp_path))
     row = read_samples(str(tmp_path), decode=False).dataset.take(1)[0]
     assert isinstance(row["query"], bytes) and row["query"][:2] == b"\xff\xd8"
+
+
+def test_training_set_fetches_resized_pixels_by_row(ray_session, tmp_path):
+    from gleam.data.pipeline import build_training_set
+
+    write_demo(str(tmp_path))
+    sizes = {"uav": (16, 16), "streetmap": (16, 16), "ground": (16, 16), "panorama": (16, 40)}
+    training = build_training_set(str(tmp_path), split="train", modalities=None, sizes=sizes,
+                                  satellite_size=(24, 24))
+    assert len(training) == PARTS * PER_PART and training.read_report["corrupt"] == 0
+    rows = [len(training) - 1, 0, 7]
+    for item, row in zip(training.fetch(rows), rows):
+        sample = make_sample(int(training.keys[row][3:8]))
+        assert item["key"] == sample.key and item["modality"] == sample.modality
+        assert item["query"].shape == sizes[sample.modality] + (3,)
+        assert item["satellite"].shape == (24, 24, 3)
+        from gleam.data.transforms import resize
+        np.testing.assert_array_equal(item["satellite"], resize(sample.satellite_array(), (24, 24)))
+    assert list(training.gallery_rows()) == sorted(training.gallery_rows())
+    assert len(training.gallery_rows()) == len(set(training.location_ids))

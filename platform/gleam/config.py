@@ -74,6 +74,7 @@ class SynthConfig:
     image_size: int = 256
     panorama_width: int = 512
     locations_per_task: int = 16
+    locations_per_region: int = 96  # a 2 km region holds ~160-270 points; more locations -> more regions
 
 
 # Root configs of the jobs, by the ``kind`` key every YAML file under configs/ carries.

@@ -47,34 +47,51 @@ class PartSpec:
 
     name: str
     split: str
-    start: int
+    start: int  # location index within the region
     stop: int
     distractors: bool = False
+    region: int = 0
+
+
+def _slices(count: int, per_region: int, step: int) -> list[tuple[int, int, int]]:
+    """(region, start, stop) slices of ``count`` items, at most ``step`` long, never crossing regions."""
+    out = []
+    for first in range(0, count, per_region):
+        region, stop = first // per_region, min(count, first + per_region) - first
+        out.extend((region, start, min(stop, start + step)) for start in range(0, stop, step))
+    return out
 
 
 def plan_parts(synth: SynthConfig) -> list[PartSpec]:
-    """Deterministic parts for the whole dataset (same config, same parts, same names)."""
+    """Deterministic parts for the whole dataset (same config, same parts, same names).
+
+    Locations of a split fill region 0 first, then region 1, ... (``locations_per_region`` each);
+    distractor tiles of the evaluation splits are spread over the same regions.
+    """
     parts = []
-    step = max(1, synth.locations_per_task)
+    step, per_region = max(1, synth.locations_per_task), max(1, synth.locations_per_region)
     for split, count in synth.locations.items():
-        for chunk, start in enumerate(range(0, count, step)):
-            parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, min(count, start + step)))
+        regions = max(1, -(-count // per_region))
+        for chunk, (region, start, stop) in enumerate(_slices(count, per_region, step)):
+            parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, stop, region=region))
         if synth.distractors and split != "train":
-            for chunk, start in enumerate(range(0, synth.distractors, step)):
-                parts.append(PartSpec(f"{split}-distractors-{chunk:04d}", split, start,
-                                      min(synth.distractors, start + step), distractors=True))
+            per_region_distractors = -(-synth.distractors // regions)
+            for chunk, (region, start, stop) in enumerate(_slices(synth.distractors, per_region_distractors, step)):
+                parts.append(PartSpec(f"{split}-distractors-{chunk:04d}", split, start, stop,
+                                      distractors=True, region=region))
     return parts
 
 
 @functools.lru_cache(maxsize=4)
-def _world(seed: int, split: str, size_m: float, origin_lat: float, origin_lon: float) -> Any:
+def _world(seed: int, split: str, region: int, size_m: float, origin_lat: float, origin_lon: float) -> Any:
     from gleam.data.synth import generate_split_world
 
-    return generate_split_world(seed, split, size_m=size_m, origin_lat=origin_lat, origin_lon=origin_lon)
+    return generate_split_world(seed, split, size_m=size_m, origin_lat=origin_lat, origin_lon=origin_lon,
+                                region_index=region)
 
 
-def world_for(synth: SynthConfig, split: str) -> Any:
-    return _world(synth.seed, split, synth.size_m, synth.origin_lat, synth.origin_lon)
+def world_for(synth: SynthConfig, split: str, region: int = 0) -> Any:
+    return _world(synth.seed, split, region, synth.size_m, synth.origin_lat, synth.origin_lon)
 
 
 def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[str, Any]:
@@ -85,7 +102,7 @@ def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[st
 
 def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Iterator[Sample]:
     """Render every sample of ``part``."""
-    world = world_for(synth, part.split)
+    world = world_for(synth, part.split, part.region)
     if part.distractors:
         tiles = world.distractor_tiles(part.stop)[part.start:part.stop]
         for tile in tiles:

@@ -241,11 +241,6 @@ class TrainingSet:
         state["_cache"] = {}
         return state
 
-    def sample_index(self, query_rows: bool = True) -> "Any":
-        from gleam.data.sampling import SampleIndex
-
-        return SampleIndex(self.location_ids, self.modalities, self.latitudes, self.longitudes)
-
     def query_rows(self) -> np.ndarray:
         """Rows that have a query view (not satellite-only distractors)."""
         return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 EARTH_RADIUS_M = 6_378_137.0  # WGS84 equatorial radius
 
@@ -43,7 +44,7 @@ class LocalFrame:
     def metres_per_degree_lon(self) -> float:
         return self.metres_per_degree_lat * math.cos(math.radians(self.origin_lat))
 
-    def to_latlon(self, x, y):
+    def to_latlon(self, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple:
         """Local metres (east, north) -> (lat, lon) degrees; scalars or arrays."""
         lat = self.origin_lat + np.asarray(y, dtype=np.float64) / self.metres_per_degree_lat
         lon = self.origin_lon + np.asarray(x, dtype=np.float64) / self.metres_per_degree_lon
@@ -51,7 +52,7 @@ class LocalFrame:
             return float(lat), float(lon)
         return lat, lon
 
-    def to_xy(self, lat, lon):
+    def to_xy(self, lat: npt.ArrayLike, lon: npt.ArrayLike) -> tuple:
         """(lat, lon) degrees -> local metres (east, north); scalars or arrays."""
         y = (np.asarray(lat, dtype=np.float64) - self.origin_lat) * self.metres_per_degree_lat
         x = (np.asarray(lon, dtype=np.float64) - self.origin_lon) * self.metres_per_degree_lon
@@ -65,7 +66,7 @@ class LocalFrame:
         return LocalFrame(lat, lon)
 
 
-def bearing_deg(dx, dy):
+def bearing_deg(dx: npt.ArrayLike, dy: npt.ArrayLike) -> np.ndarray:
     """Compass bearing (degrees clockwise from north, in [0, 360)) of the vector (dx, dy)."""
     return np.mod(np.degrees(np.arctan2(dx, dy)), 360.0)
 

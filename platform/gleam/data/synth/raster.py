@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,16 @@ class Grid:
     def y_north(self) -> float:
         return self.extent_m / 2.0
 
-    def col_of_x(self, x):
+    def col_of_x(self, x: npt.ArrayLike) -> np.ndarray:
         return (np.asarray(x) - self.x_west) / self.res - 0.5
 
-    def row_of_y(self, y):
+    def row_of_y(self, y: npt.ArrayLike) -> np.ndarray:
         return (self.y_north - np.asarray(y)) / self.res - 0.5
 
-    def x_of_col(self, col):
+    def x_of_col(self, col: npt.ArrayLike) -> np.ndarray:
         return self.x_west + (np.asarray(col) + 0.5) * self.res
 
-    def y_of_row(self, row):
+    def y_of_row(self, row: npt.ArrayLike) -> np.ndarray:
         return self.y_north - (np.asarray(row) + 0.5) * self.res
 
     def pixel_window(self, x: float, y: float, radius_m: float) -> tuple[slice, slice]:
@@ -59,7 +60,8 @@ class Grid:
         return xs, ys
 
 
-def nearest_index(grid: Grid, x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_index(grid: Grid, x: npt.ArrayLike, y: npt.ArrayLike
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat pixel indices of the pixels containing points (x, y) and an in-bounds mask."""
     cols = np.floor(grid.col_of_x(x) + 0.5).astype(np.int64)
     rows = np.floor(grid.row_of_y(y) + 0.5).astype(np.int64)
@@ -68,17 +70,8 @@ def nearest_index(grid: Grid, x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return flat, inside, rows
 
 
-def sample_nearest(raster: np.ndarray, grid: Grid, x, y, fill) -> np.ndarray:
-    """Raster values at points (x, y) (nearest pixel); ``fill`` outside the grid."""
-    flat, inside, _ = nearest_index(grid, x, y)
-    flat_raster = raster.reshape(grid.size * grid.size, *raster.shape[2:])
-    values = flat_raster[flat]
-    fill_value = np.asarray(fill, dtype=values.dtype)
-    mask = inside.reshape(inside.shape + (1,) * (values.ndim - inside.ndim))
-    return np.where(mask, values, fill_value)
-
-
-def sample_bilinear(raster: np.ndarray, grid: Grid, x, y, fill) -> np.ndarray:
+def sample_bilinear(raster: np.ndarray, grid: Grid, x: npt.ArrayLike, y: npt.ArrayLike,
+                    fill: npt.ArrayLike) -> np.ndarray:
     """Bilinearly interpolated (H, W, C) raster at points (x, y) as float32; fill outside."""
     cols = grid.col_of_x(x)
     rows = grid.row_of_y(y)
@@ -135,18 +128,6 @@ def value_noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generator
     return along_rows[:, cols] * (1 - col_w) + along_rows[:, cols + 1] * col_w
 
 
-def fractal_noise(shape: tuple[int, int], cells_px: tuple[float, ...],
-                  rng: np.random.Generator) -> np.ndarray:
-    """Sum of value-noise octaves (amplitude halves per octave), rescaled to about [-1, 1]."""
-    total = np.zeros(shape, dtype=np.float32)
-    weight_sum = 0.0
-    for octave, cell in enumerate(cells_px):
-        amplitude = 0.5 ** octave
-        total += amplitude * (value_noise(shape, cell, rng) * 2.0 - 1.0)
-        weight_sum += amplitude
-    return total / weight_sum
-
-
 def hash_noise(*coords: np.ndarray, salt: int = 0) -> np.ndarray:
     """Deterministic pseudo-random values in [0, 1) from integer coordinates (no state)."""
     value = np.uint64(salt * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF)
@@ -158,3 +139,47 @@ def hash_noise(*coords: np.ndarray, salt: int = 0) -> np.ndarray:
         acc = acc * np.uint64(0x94D049BB133111EB)
         acc = acc ^ (acc >> np.uint64(29))
     return (acc >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def segment_distance(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of points (xs, ys) (broadcastable) to the segment a-b."""
+    ab = b - a
+    length2 = max(float(ab @ ab), 1e-9)
+    t = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / length2, 0.0, 1.0)
+    return np.hypot(xs - (a[0] + t * ab[0]), ys - (a[1] + t * ab[1]))
+
+
+def polyline_distance(grid: Grid, points: np.ndarray, radius_m: float
+                      ) -> tuple[slice, slice, np.ndarray]:
+    """Distance to a polyline for the pixels of its bounding window (inf beyond radius_m)."""
+    lo = points.min(axis=0) - radius_m
+    hi = points.max(axis=0) + radius_m
+    rows, cols = grid.pixel_window((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2,
+                                   float(max(hi - lo)) / 2)
+    distance = np.full((rows.stop - rows.start, cols.stop - cols.start), np.inf, dtype=np.float32)
+    for a, b in zip(points[:-1], points[1:]):
+        seg_rows, seg_cols = grid.pixel_window((a[0] + b[0]) / 2, (a[1] + b[1]) / 2,
+                                               float(np.max(np.abs(b - a))) / 2 + radius_m)
+        seg_rows = slice(max(seg_rows.start, rows.start), min(seg_rows.stop, rows.stop))
+        seg_cols = slice(max(seg_cols.start, cols.start), min(seg_cols.stop, cols.stop))
+        if seg_rows.start >= seg_rows.stop or seg_cols.start >= seg_cols.stop:
+            continue
+        xs, ys = grid.window_coords(seg_rows, seg_cols)
+        local = (slice(seg_rows.start - rows.start, seg_rows.stop - rows.start),
+                 slice(seg_cols.start - cols.start, seg_cols.stop - cols.start))
+        np.minimum(distance[local], segment_distance(xs, ys, a, b), out=distance[local])
+    return rows, cols, distance
+
+
+def lattice_noise(u: np.ndarray, v: np.ndarray, salt: int = 0) -> np.ndarray:
+    """Smooth noise in [0, 1] at continuous coordinates (u, v) (one feature per unit)."""
+    u0, v0 = np.floor(u), np.floor(v)
+    fu, fv = u - u0, v - v0
+    fu = fu * fu * (3 - 2 * fu)
+    fv = fv * fv * (3 - 2 * fv)
+    iu, iv = u0.astype(np.int64) + (1 << 20), v0.astype(np.int64) + (1 << 20)
+    c00 = hash_noise(iu, iv, salt=salt)
+    c10 = hash_noise(iu + 1, iv, salt=salt)
+    c01 = hash_noise(iu, iv + 1, salt=salt)
+    c11 = hash_noise(iu + 1, iv + 1, salt=salt)
+    return (c00 * (1 - fu) + c10 * fu) * (1 - fv) + (c01 * (1 - fu) + c11 * fu) * fv
