@@ -33,7 +33,7 @@ case "$command" in
     "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml
     "$PY" jobs/inspect_shards.py data/synth
     "$PY" jobs/train_core.py --config configs/local-cpu.yaml "$@"
-    "$PY" jobs/contact_sheet.py --out docs/contact_sheet.png --locations 4 --seed 0
+    "$PY" jobs/contact_sheet.py --out runs/contact_sheet.png --locations 4 --seed 0
     ;;
   bench)
     setup
