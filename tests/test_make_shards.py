@@ -12,7 +12,8 @@ from gleam.data import shards
 from gleam.data.make_shards import MakeShardsConfig, make_shards, plan_parts
 
 SMALL = ["synth.locations={train: 6, val: 3, test: 3}", "synth.distractors=2", "synth.image_size=64",
-         "synth.panorama_width=128", "synth.locations_per_task=3", "shards.max_samples=10"]
+         "synth.panorama_width=128", "synth.locations_per_task=3", "shards.max_samples=10",
+         "synth.regions_per_split=1", "synth.biomes=[arid]"]
 
 
 def small_config(output: str, *extra: str) -> MakeShardsConfig:
@@ -60,3 +61,19 @@ def test_writes_to_s3(ray_session, s3_bucket):
 def test_unknown_modality_is_refused(ray_session, tmp_path):
     with pytest.raises(ValueError, match="unknown; choose from"):
         make_shards(small_config(str(tmp_path), "synth.modalities=[sonar]"))
+
+
+def test_splits_spread_over_regions_and_biomes():
+    from gleam.data.make_shards import world_for
+
+    config = load_config(MakeShardsConfig, "configs/make-shards-local.yaml").synth
+    parts = plan_parts(config)
+    for split, count in config.locations.items():
+        mine = [p for p in parts if p.split == split and not p.distractors]
+        assert sum(p.stop - p.start for p in mine) == count
+        assert sorted({p.region for p in mine}) == [0, 1, 2, 3]
+        assert all(p.stop - p.start <= config.locations_per_task for p in mine)
+    distractors = [p for p in parts if p.distractors]
+    assert {p.split for p in distractors} == {"val", "test"}
+    assert sum(p.stop - p.start for p in distractors) == 2 * config.distractors
+    assert [world_for(config, "val", r).biome.name for r in range(4)] == config.biomes

@@ -146,3 +146,24 @@ def stop_session(session_id: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(3)
+
+
+@pytest.mark.slow
+def test_tune_sweep_writes_results_and_best_config(tiny_dataset, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "jobs", "tune_core.py"), "--config",
+               os.path.join(ROOT, "configs", "sweep-local.yaml"), f"run.output_dir={tmp_path}",
+               "tune.num_samples=2", "tune.phase1_epochs=[0, 1]", "tune.temperatures=[0.05, 0.1]",
+               f"experiment.data.dataset={tiny_dataset}", "experiment.train.global_batch=8",
+               "experiment.model.image_size=32", "experiment.model.panorama_size=[32, 64]",
+               f"experiment.run.output_dir={tmp_path}/trials"]
+    result = subprocess.run(command, capture_output=True, text=True, env=job_env(), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = tmp_path / "gleam-c-sweep"
+    rows = json.loads((sweep / "tune_results.json").read_text())
+    assert len(rows) == 2
+    assert all(r["temperature"] in (0.05, 0.1) and r["val/query->satellite/all/R@1"] is not None for r in rows)
+    import yaml
+
+    best = yaml.safe_load((sweep / "best_config.yaml").read_text())
+    assert best["kind"] == "train_core"
+    assert best["model"]["logit_scale_init"] in (pytest.approx(2.9957, abs=1e-3), pytest.approx(2.3026, abs=1e-3))

@@ -72,7 +72,8 @@ class GleamEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = create_backbone(config)
-        features = self.backbone.num_features
+        # pooled output width: timm's head_hidden_size where a pre-logits layer exists (MobileNetV3)
+        features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.head = nn.Linear(features, config.embedding_dim) if config.embedding_dim else nn.Identity()
         self.embedding_dim = config.embedding_dim or features
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)),

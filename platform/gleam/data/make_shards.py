@@ -65,17 +65,18 @@ def _slices(count: int, per_region: int, step: int) -> list[tuple[int, int, int]
 def plan_parts(synth: SynthConfig) -> list[PartSpec]:
     """Deterministic parts for the whole dataset (same config, same parts, same names).
 
-    Locations of a split fill region 0 first, then region 1, ... (``locations_per_region`` each);
-    distractor tiles of the evaluation splits are spread over the same regions.
+    A split's locations are spread evenly over ``max(regions_per_split, ceil(count /
+    locations_per_region))`` regions; distractor tiles of the evaluation splits likewise.
     """
     parts = []
-    step, per_region = max(1, synth.locations_per_task), max(1, synth.locations_per_region)
+    step = max(1, synth.locations_per_task)
     for split, count in synth.locations.items():
-        regions = max(1, -(-count // per_region))
+        regions = min(count, max(synth.regions_per_split, -(-count // max(1, synth.locations_per_region))))
+        per_region = -(-count // max(1, regions))
         for chunk, (region, start, stop) in enumerate(_slices(count, per_region, step)):
             parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, stop, region=region))
         if synth.distractors and split != "train":
-            per_region_distractors = -(-synth.distractors // regions)
+            per_region_distractors = -(-synth.distractors // max(1, regions))
             for chunk, (region, start, stop) in enumerate(_slices(synth.distractors, per_region_distractors, step)):
                 parts.append(PartSpec(f"{split}-distractors-{chunk:04d}", split, start, stop,
                                       distractors=True, region=region))
@@ -83,15 +84,17 @@ def plan_parts(synth: SynthConfig) -> list[PartSpec]:
 
 
 @functools.lru_cache(maxsize=4)
-def _world(seed: int, split: str, region: int, size_m: float, origin_lat: float, origin_lon: float) -> Any:
+def _world(seed: int, split: str, region: int, size_m: float, origin_lat: float, origin_lon: float,
+           biome: str | None) -> Any:
     from gleam.data.synth import generate_split_world
 
     return generate_split_world(seed, split, size_m=size_m, origin_lat=origin_lat, origin_lon=origin_lon,
-                                region_index=region)
+                                region_index=region, biome=biome)
 
 
 def world_for(synth: SynthConfig, split: str, region: int = 0) -> Any:
-    return _world(synth.seed, split, region, synth.size_m, synth.origin_lat, synth.origin_lon)
+    biome = synth.biomes[region % len(synth.biomes)] if synth.biomes else None
+    return _world(synth.seed, split, region, synth.size_m, synth.origin_lat, synth.origin_lon, biome)
 
 
 def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[str, Any]:
@@ -183,6 +186,11 @@ def _check(config: MakeShardsConfig) -> None:
     unknown = [m for m in config.synth.modalities if m not in query_modalities()]
     if unknown:
         raise ValueError(f"synth.modalities: {unknown} unknown; choose from {list(query_modalities())}")
+    from gleam.data.synth import BIOME_NAMES
+
+    unknown_biomes = [b for b in config.synth.biomes if b not in BIOME_NAMES]
+    if unknown_biomes:
+        raise ValueError(f"synth.biomes: {unknown_biomes} unknown; choose from {list(BIOME_NAMES)}")
     bad_splits = [s for s in config.synth.locations if s not in ("train", "val", "test")]
     if bad_splits:
         raise ValueError(f"synth.locations: splits {bad_splits} unknown; use train, val, test")
