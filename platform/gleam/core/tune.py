@@ -29,7 +29,7 @@ class TuneSection:
     max_concurrent_trials: int = 1
     metric: str = DEFAULT_METRIC
     mode: str = "max"
-    temperatures: list[float] = field(default_factory=lambda: [0.03, 0.07, 0.15])
+    temperatures: list[float] = field(default_factory=lambda: [0.07, 0.3, 1.0])
     label_smoothing: list[float] = field(default_factory=lambda: [0.0, 0.1])
     phase1_epochs: list[int] = field(default_factory=lambda: [0, 1, 2])  # 0: skip phase 1
     phase2_lr: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
