@@ -386,7 +386,13 @@ def make_trainer(config: TrainCoreConfig, train_set: Any, val_set: Any, callback
     from ray.train.torch import TorchTrainer
 
     storage_path = config.train.storage_path or config.run.output_dir
-    if not storage.is_remote(storage_path):
+    storage_filesystem = None
+    if storage.is_remote(storage_path):  # same fsspec settings (endpoint, credentials) as gleam.storage
+        from gleam.data.pipeline import _pyarrow_filesystem
+
+        storage_filesystem = _pyarrow_filesystem(storage_path)
+        storage_path = storage.filesystem(storage_path)[1]
+    else:
         storage_path = os.path.abspath(storage_path)
     use_gpu = config.ray.gpus_per_worker > 0
     resources = {"CPU": config.ray.cpus_per_worker}
@@ -398,7 +404,8 @@ def make_trainer(config: TrainCoreConfig, train_set: Any, val_set: Any, callback
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=config.run.name, storage_path=storage_path, callbacks=callbacks or [],
+            name=config.run.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
         ),
