@@ -167,3 +167,24 @@ def test_tune_sweep_writes_results_and_best_config(tiny_dataset, tmp_path):
     best = yaml.safe_load((sweep / "best_config.yaml").read_text())
     assert best["kind"] == "train_core"
     assert best["model"]["logit_scale_init"] in (pytest.approx(2.9957, abs=1e-3), pytest.approx(2.3026, abs=1e-3))
+
+
+@pytest.mark.slow
+def test_run_outputs_and_checkpoints_on_s3(ray_session, tiny_dataset, s3_bucket):
+    from gleam import storage
+    from gleam.config import load_config
+    from gleam.core.model import GleamEncoder
+    from gleam.core.train import TrainCoreConfig, train_core
+
+    config = load_config(TrainCoreConfig, os.path.join(ROOT, "configs", "local-cpu.yaml"),
+                         [f"data.dataset={tiny_dataset}", f"run.output_dir={s3_bucket}/runs", "run.name=s3run",
+                          "train.global_batch=8", "model.image_size=32", "model.panorama_size=[32, 64]",
+                          "phases=[{name: all, epochs: 1, modalities: [uav, streetmap, panorama, ground]}]"])
+    summary = train_core(config)
+    run_dir = f"{s3_bucket}/runs/s3run"
+    names = {url.rsplit("/", 1)[-1] for url in storage.list_files(run_dir)}
+    assert {"config.yaml", "metrics.jsonl", "summary.json"} <= names
+    assert summary["checkpoint"].startswith(run_dir.removeprefix("s3://"))
+    assert storage.exists(f"{run_dir}/plots/recall.png")
+    encoder = GleamEncoder.from_pretrained(f"{run_dir}/final")
+    assert encoder.config.image_size == 32
