@@ -6,28 +6,17 @@ modality and in both directions; writes the metrics as JSON.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from gleam.core.evaluate import EvaluateCoreConfig, evaluate_checkpoint
-from gleam.runtime import init_ray, parse_job_args, setup_logging
-from gleam.config import RayConfig
+from gleam.runtime import run_job
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    config = parse_job_args(EvaluateCoreConfig, argv, __doc__.strip().splitlines()[0])
-    init_ray(RayConfig())
-    try:
-        report = evaluate_checkpoint(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"evaluate_core failed: {error}", file=sys.stderr)
-        return 1
-    overall = report["metrics"]["query->satellite"]
-    print(json.dumps({"output": report["output"], "queries": report["queries"], "gallery": report["gallery"],
-                      "query->satellite R@1": {m: v["R@1"] for m, v in overall.items()}}, indent=2))
-    return 0
+def summarize(config: EvaluateCoreConfig, report: dict) -> dict:
+    forward = report["metrics"]["query->satellite"]
+    return {"output": report["output"], "queries": report["queries"], "gallery": report["gallery"],
+            "query->satellite R@1": {modality: values["R@1"] for modality, values in forward.items()}}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(EvaluateCoreConfig, evaluate_checkpoint, summarize, None, __doc__))

@@ -6,27 +6,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from gleam.data.make_shards import MakeShardsConfig, make_shards
-from gleam.runtime import init_ray, parse_job_args, setup_logging
+from gleam.runtime import run_job
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    config = parse_job_args(MakeShardsConfig, argv, __doc__.strip().splitlines()[0],
-                            default_config="configs/make-shards-local.yaml")
-    init_ray(config.ray)
-    try:
-        manifest = make_shards(config)
-    except (ValueError, OSError) as error:
-        print(f"make_shards failed: {error}", file=sys.stderr)
-        return 1
-    summary = {k: manifest[k] for k in ("num_shards", "num_samples", "modalities", "splits")}
-    print(json.dumps({"output": config.output, **summary}, indent=2))
-    return 0
+def summarize(config: MakeShardsConfig, manifest: dict) -> dict:
+    return {"output": config.output, **{k: manifest[k] for k in ("num_shards", "num_samples", "modalities", "splits")}}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(MakeShardsConfig, make_shards, summarize, None, __doc__,
+                     "configs/make-shards-local.yaml", errors=(ValueError, OSError)))

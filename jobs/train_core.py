@@ -7,26 +7,15 @@ Re-running with the same run.name resumes from the run's latest checkpoint.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from gleam.core.train import TrainCoreConfig, train_core
-from gleam.runtime import init_ray, parse_job_args, setup_logging
+from gleam.runtime import run_job
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    config = parse_job_args(TrainCoreConfig, argv, __doc__.strip().splitlines()[0],
-                            default_config="configs/local-cpu.yaml")
-    init_ray(config.ray)
-    try:
-        summary = train_core(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"train_core failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: summary[k] for k in ("run_dir", "seconds", "epochs", "final")}, indent=2))
-    return 0
+def summarize(config: TrainCoreConfig, summary: dict) -> dict:
+    return {k: summary[k] for k in ("run_dir", "seconds", "epochs", "final")}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(TrainCoreConfig, train_core, summarize, None, __doc__, "configs/local-cpu.yaml"))

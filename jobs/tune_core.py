@@ -5,26 +5,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from gleam.core.tune import TuneCoreConfig, tune_core
-from gleam.runtime import init_ray, parse_job_args, setup_logging
-
-
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    config = parse_job_args(TuneCoreConfig, argv, __doc__.strip().splitlines()[0],
-                            default_config="configs/sweep-local.yaml")
-    init_ray(config.ray)
-    try:
-        summary = tune_core(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"tune_core failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
-
+from gleam.runtime import run_job
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(TuneCoreConfig, tune_core, lambda config, summary: summary, None, __doc__,
+                     "configs/sweep-local.yaml"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from gleam.config import ConfigError, RayConfig, load_config
 
@@ -52,3 +52,25 @@ def init_ray(config: RayConfig, **kwargs: Any) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", include_dashboard=False, **kwargs)
+
+
+def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[[T, Any], dict],
+            argv: Sequence[str] | None, doc: str, default_config: str | None = None,
+            errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> int:
+    """The body of every config-driven job: parse, connect to Ray, run, print a JSON summary.
+
+    Expected failures (bad data, missing files) end with a one-line message and exit 1.
+    """
+    import json
+    import sys
+
+    setup_logging()
+    config = parse_job_args(config_class, argv, doc.strip().splitlines()[0], default_config)
+    init_ray(getattr(config, "ray", RayConfig()))
+    try:
+        result = run(config)
+    except errors as error:
+        print(f"{config_class.__name__.removesuffix('Config')} failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summarize(config, result), indent=2, ensure_ascii=False))
+    return 0
