@@ -9,6 +9,8 @@ augmentation, with chance at 1/24.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gleam.config import load_config
@@ -41,6 +43,6 @@ def test_short_cpu_run_retrieves_far_above_chance(ray_session, tmp_path):
     assert streetmap >= 8 * chance, final
     assert final["val/query->satellite/panorama/R@1"] >= 2 * chance, final
     assert final["val/query->satellite/all/R@1"] >= 4 * chance, final
-    assert final["loss"] < 2.0  # log(12) = 2.48 is chance level for a batch of 12
+    assert final["loss"] < math.log(12) - 0.25  # log(12) = 2.48: the loss of a collapsed encoder
     history = [line for line in open(tmp_path / "runs" / "learn" / "metrics.jsonl")]
     assert len(history) == 32

@@ -127,8 +127,12 @@ def test_job_submit_to_a_started_cluster(tiny_dataset, tmp_path):
     assert head.wait(timeout=120) == 0, head.stdout.read()
     try:
         command = job_command(tiny_dataset, str(tmp_path / "runs"), "submitted", 1)
-        submit = subprocess.run([ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
-                                 "--", *command], capture_output=True, text=True, env=env, timeout=480)
+        for attempt in range(24):  # the dashboard's job agent comes up a little after `ray start`
+            submit = subprocess.run([ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+                                     "--", *command], capture_output=True, text=True, env=env, timeout=480)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(5)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
         assert "succeeded" in submit.stdout.lower()
         summary = json.load(open(tmp_path / "runs" / "submitted" / "summary.json"))
