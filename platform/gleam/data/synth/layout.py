@@ -27,17 +27,9 @@ from .trees import TreeCluster, TreePlanter, Trees, stamp_trees
 
 
 @dataclass
-class Layout:
-    """Rasters (row 0 = north) and vector lists of one region."""
+class Layout(Canvas):
+    """The finished canvas rasters (row 0 = north) plus the vector lists of one region."""
 
-    grid: Grid
-    class_map: np.ndarray
-    surface: np.ndarray
-    marking: np.ndarray
-    feature_id: np.ndarray
-    building_id: np.ndarray
-    tree_id: np.ndarray
-    height: np.ndarray
     network: RoadNetwork
     roads: list[Road]
     junctions: list[Junction]
@@ -123,9 +115,6 @@ def build_layout(extent_m: float, resolution_m: float, biome: Biome, seed: int) 
     _plant_street_trees(canvas, network, road_list, biome, planter, stream(seed, "street-trees"))
     trees = planter.finish()
     stamp_trees(canvas, trees)
-    return Layout(grid=grid, class_map=canvas.class_map, surface=canvas.surface,
-                  marking=canvas.marking, feature_id=canvas.feature_id,
-                  building_id=canvas.building_id, tree_id=canvas.tree_id, height=canvas.height,
-                  network=network, roads=road_list, junctions=junctions(network, grid.extent_m),
+    return Layout(**vars(canvas), network=network, roads=road_list, junctions=junctions(network, grid.extent_m),
                   buildings=placer.buildings, features=_measure_features(canvas, registry.features),
                   tree_clusters=planter.clusters, trees=trees)
