@@ -64,18 +64,39 @@ def metrics(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
+def kill_processes_mentioning(path: str) -> None:
+    """SIGKILL every process whose command line names ``path`` (a killed driver's Ray daemons
+    run in sessions of their own and outlive it)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if path.encode() in handle.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_was(tiny_dataset, tmp_path):
     command = job_command(tiny_dataset, str(tmp_path), "resume", 3)
     run_dir = str(tmp_path / "resume")
+    ray_root = tempfile.mkdtemp(prefix="gleam-job-", dir="/tmp")  # short: AF_UNIX paths
+    env = {**job_env(), "RAY_TMPDIR": ray_root}
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=job_env(), start_new_session=True)
-    wait_for(lambda: len(metrics(run_dir)) >= 2, 240, "two finished epochs", first)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die at once
-    first.wait()
+                             env=env, start_new_session=True)
+    try:
+        wait_for(lambda: len(metrics(run_dir)) >= 2, 240, "two finished epochs", first)
+        os.killpg(first.pid, signal.SIGKILL)  # the driver dies mid-run, like a lost node
+        first.wait()
+    finally:
+        kill_processes_mentioning(ray_root)  # and its orphaned local Ray with it
     done_before = len(metrics(run_dir))
     assert done_before < 4
-    second = subprocess.run(command, capture_output=True, text=True, env=job_env(), timeout=400)
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+    kill_processes_mentioning(ray_root)
+    shutil.rmtree(ray_root, ignore_errors=True)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     history = metrics(run_dir)
     assert [(h["phase"], h["epoch"]) for h in history] == [(0, 0), (1, 0), (1, 1), (1, 2)]
@@ -120,8 +141,13 @@ def test_job_submit_to_a_started_cluster(tiny_dataset, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="gleam-ray-", dir="/tmp")  # AF_UNIX paths must stay short
     # its own session, so the test can stop exactly this cluster (`ray stop` would stop every
     # Ray on the machine, the test session's own included)
+    # every port explicit: another Ray on this machine (a test session's own) holds the defaults
     head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
                              "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+                             f"--dashboard-agent-listen-port={free_port()}",
+                             f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+                             f"--ray-client-server-port={free_port()}",
                              f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert head.wait(timeout=120) == 0, head.stdout.read()
