@@ -12,6 +12,7 @@ allows does not generalise to new regions yet) per modality, plus samples/s. JSO
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -20,7 +21,18 @@ import numpy as np
 import torch
 
 
-def run(config, train_set, rows, batch_mode: str, epochs: int) -> dict:
+def steps_per_epoch(config, train_set, rows, batch_mode: str, epochs: int) -> int:
+    from gleam.core.train import _sub_index
+    from gleam.data.sampling import plan_epoch
+
+    sampling = copy.deepcopy(config.phases[0].sampling)
+    sampling.batch_mode = batch_mode
+    index = _sub_index(train_set, rows)
+    return min(len(plan_epoch(index, sampling, epoch=e, seed=0, global_batch=config.train.global_batch))
+               for e in range(epochs))
+
+
+def run(config, train_set, rows, batch_mode: str, epochs: int, per_epoch: int) -> dict:
     from gleam.core.evaluate import evaluate_retrieval
     from gleam.core.model import GleamEncoder
     from gleam.core.phases import cosine_with_warmup
@@ -36,12 +48,11 @@ def run(config, train_set, rows, batch_mode: str, epochs: int) -> dict:
     index = _sub_index(train_set, rows)
     plans = [plan_epoch(index, phase.sampling, epoch=e, seed=0, global_batch=config.train.global_batch)
              for e in range(epochs)]
-    steps = min(len(p) for p in plans) * epochs
+    steps = per_epoch * epochs
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=phase.lr, weight_decay=config.optim.weight_decay)
     scheduler = cosine_with_warmup(optimizer, steps, phase.warmup_steps, phase.min_lr_ratio)
     rng, device = np.random.default_rng(0), torch.device("cpu")
     losses, started = [], time.perf_counter()
-    per_epoch = steps // epochs
     for plan in plans:
         for step in plan[:per_epoch]:
             losses.append(train_step(encoder, encoder.logit_scale, train_set.fetch(rows[step[0]]), optimizer,
@@ -84,8 +95,10 @@ def main() -> None:
     keep = sorted({train_set.location_ids[r] for r in rows})[:args.locations]
     rows = np.array([r for r in rows if train_set.location_ids[r] in keep])
     results = {"locations": len(keep), "samples": len(rows), "chance_R@1": 100.0 / len(keep)}
-    for mode in ("mixed", "per_modality"):
-        results[mode] = run(config, train_set, rows, mode, args.epochs)
+    modes = ("mixed", "per_modality")
+    per_epoch = min(steps_per_epoch(config, train_set, rows, mode, args.epochs) for mode in modes)
+    for mode in modes:
+        results[mode] = run(config, train_set, rows, mode, args.epochs, per_epoch)
         print(mode, json.dumps(results[mode]), flush=True)
     ray.shutdown()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
