@@ -218,3 +218,12 @@ def test_run_outputs_and_checkpoints_on_s3(ray_session, tiny_dataset, s3_bucket)
     assert storage.exists(f"{run_dir}/plots/recall.png")
     encoder = GleamEncoder.from_pretrained(f"{run_dir}/final")
     assert encoder.config.image_size == 32
+
+    from gleam.core.evaluate import EvaluateCoreConfig, evaluate_checkpoint
+
+    report = evaluate_checkpoint(EvaluateCoreConfig(checkpoint=f"{run_dir}/final", dataset=tiny_dataset, split="val"))
+    assert report["queries"] == 12 and report["gallery"] == 12 and report["read_report"]["corrupt"] == 0
+    assert set(report["metrics"]) == {"query->satellite", "satellite->query"}
+    assert storage.read_json(report["output"])["metrics"] == json.loads(json.dumps(report["metrics"]))
+    with pytest.raises(ValueError, match="no shard with split='test'"):
+        evaluate_checkpoint(EvaluateCoreConfig(checkpoint=f"{run_dir}/final", dataset=tiny_dataset, split="test"))

@@ -583,7 +583,7 @@ def evaluate_checkpoint(config: EvaluateCoreConfig) -> dict:
     """Embed a split's queries and gallery with the checkpoint and compute every metric."""
     from gleam import storage
     from gleam.core.model import GleamEncoder
-    from gleam.core.train import embed_rows
+    from gleam.core.train import evaluate_split
     from gleam.data.pipeline import build_training_set
     from gleam.data.schema import query_modalities
 
@@ -594,23 +594,14 @@ def evaluate_checkpoint(config: EvaluateCoreConfig) -> dict:
     dataset = build_training_set(config.dataset, split=config.split, modalities=None, sizes=sizes,
                                  satellite_size=model_config.input_size("satellite"),
                                  include_distractors=config.distractors)
-    query_rows, gallery_rows = dataset.query_rows(), dataset.gallery_rows()
-    if len(query_rows) == 0:
-        raise ValueError(f"{config.dataset}: split {config.split!r} has no query samples")
-    device = torch.device("cpu")
-    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
-    queries = embed_rows(encoder, dataset, query_rows, "query", config.batch_size, device, mean, std)
-    gallery = embed_rows(encoder, dataset, gallery_rows, "satellite", config.batch_size, device, mean, std)
-    metrics = evaluate_retrieval(
-        queries, [dataset.location_ids[r] for r in query_rows], gallery,
-        [dataset.location_ids[r] for r in gallery_rows],
-        query_modalities=[dataset.modalities[r] for r in query_rows],
-        query_latlon=np.stack([dataset.latitudes[query_rows], dataset.longitudes[query_rows]], axis=1),
-        gallery_latlon=np.stack([dataset.latitudes[gallery_rows], dataset.longitudes[gallery_rows]], axis=1))
+    try:
+        metrics = evaluate_split(encoder, dataset, config.batch_size, torch.device("cpu"),
+                                 tuple(data_config["mean"]), tuple(data_config["std"]))
+    except ValueError as error:
+        raise ValueError(f"{config.dataset}, split {config.split!r}: {error}") from None
     report = {"checkpoint": config.checkpoint, "dataset": config.dataset, "split": config.split,
-              "queries": len(query_rows), "gallery": len(gallery_rows),
-              "read_report": {k: v for k, v in dataset.read_report.items() if k != "corrupt_samples"},
-              "metrics": metrics}
+              "queries": len(dataset.query_rows()), "gallery": len(dataset.gallery_rows()),
+              "read_report": dataset.read_summary(), "metrics": metrics}
     output = config.output or storage.join(config.checkpoint, f"eval-{config.split}.json")
     storage.write_json(output, report)
     report["output"] = output

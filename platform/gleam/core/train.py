@@ -136,13 +136,15 @@ def distributed_embed(model, dataset, rows: np.ndarray, view: str, batch_size: i
     return _gather_rows(mine, positions)
 
 
-def evaluate_split(model, dataset: Any, config: TrainCoreConfig, device, mean, std, rank: int,
-                   world: int) -> dict[str, Any]:
-    """Query->satellite retrieval metrics on a TrainingSet (all modalities present)."""
+def evaluate_split(model, dataset: Any, batch: int, device, mean, std, rank: int = 0,
+                   world: int = 1) -> dict[str, Any]:
+    """Retrieval metrics of a TrainingSet's queries against its gallery, both directions, per
+    modality (each rank embeds a share; every rank gets the metrics)."""
     from gleam.core.evaluate import evaluate_retrieval
 
     query_rows, gallery_rows = dataset.query_rows(), dataset.gallery_rows()
-    batch = config.train.eval_batch
+    if len(query_rows) == 0:
+        raise ValueError("the evaluation split has no query samples")
     query_embeddings = distributed_embed(model, dataset, query_rows, "query", batch, device, mean, std, rank, world)
     gallery_embeddings = distributed_embed(model, dataset, gallery_rows, "satellite", batch, device, mean, std, rank, world)
     return evaluate_retrieval(
@@ -339,7 +341,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             last_epoch = phase_index == len(config.phases) - 1 and epoch == phase.epochs - 1
             every = config.train.eval_every
             if (every and (epoch + 1) % every == 0 and not last_epoch) or (last_epoch and config.train.final_eval):
-                metrics.update(flatten_metrics(evaluate_split(encoder, val_set, config, device, mean, std,
+                metrics.update(flatten_metrics(evaluate_split(encoder, val_set, config.train.eval_batch, device, mean, std,
                                                               rank, world), "val"))
             state.update({"phase": phase_index, "epoch": epoch})
             state["history"].append(metrics)
@@ -434,8 +436,7 @@ def train_core(config: TrainCoreConfig) -> dict[str, Any]:
         "run_dir": run_dir, "seconds": round(time.perf_counter() - started, 1),
         "epochs": len(history), "final": history[-1] if history else {},
         "train_samples": len(train_set), "val_samples": len(val_set),
-        "read_report": {"train": {k: v for k, v in train_set.read_report.items() if k != "corrupt_samples"},
-                        "val": {k: v for k, v in val_set.read_report.items() if k != "corrupt_samples"}},
+        "read_report": {"train": train_set.read_summary(), "val": val_set.read_summary()},
         "checkpoint": result.checkpoint.path,
     }
     storage.write_json(storage.join(run_dir, "summary.json"), summary)

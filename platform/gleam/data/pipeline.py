@@ -241,6 +241,10 @@ class TrainingSet:
         state["_cache"] = {}
         return state
 
+    def read_summary(self) -> dict[str, Any]:
+        """The read report without the per-sample list (for run summaries)."""
+        return {k: v for k, v in self.read_report.items() if k != "corrupt_samples"}
+
     def query_rows(self) -> np.ndarray:
         """Rows that have a query view (not satellite-only distractors)."""
         return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)

@@ -116,7 +116,7 @@ class _TarShard:
     def close(self) -> ShardInfo:
         self._tar.close()
         size = os.path.getsize(self._tmp_path)
-        digest = _sha256_file(self._tmp_path)
+        digest = storage.sha256_of(self._tmp_path)
         self._publisher.__exit__(None, None, None)
         return ShardInfo(name=os.path.basename(self.url.rstrip("/")), samples=self.samples,
                          bytes=size, sha256=digest, modalities=dict(self.modalities),
@@ -125,16 +125,6 @@ class _TarShard:
     def abort(self, error: BaseException) -> None:
         self._tar.close()
         self._publisher.__exit__(type(error), error, error.__traceback__)
-
-
-def _sha256_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def archived_size(members: dict[str, bytes]) -> int:
