@@ -23,11 +23,20 @@ setup() {
   export RAY_USAGE_STATS_ENABLED=0
 }
 
+# The web page test drives the system's Chromium (Debian package; playwright never downloads a
+# browser here). Installed when missing and this user may use apt.
+browser() {
+  if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "warning: could not install chromium; the web page test will fail" >&2
+  fi
+}
+
 command="${1:-test}"
 shift || true
 case "$command" in
   setup) setup ;;
-  test) setup; exec "$PY" -m pytest "$@" ;;
+  test) setup; browser; exec "$PY" -m pytest "$@" ;;
   demo)
     setup
     "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml

@@ -86,6 +86,10 @@ ROOT_CONFIGS: dict[str, str] = {
     "train_core": "gleam.core.train:TrainCoreConfig",
     "tune_core": "gleam.core.tune:TuneCoreConfig",
     "evaluate_core": "gleam.core.evaluate:EvaluateCoreConfig",
+    "ingest": "gleam.data.ingest:IngestConfig",
+    "train_explain": "gleam.explain.train:TrainExplainConfig",
+    "evaluate_explain": "gleam.explain.evaluate:EvaluateExplainConfig",
+    "serve": "gleam.serving.config:ServeAppConfig",
 }
 
 

@@ -74,3 +74,44 @@ def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[
         return 1
     print(json.dumps(summarize(config, result), indent=2, ensure_ascii=False))
     return 0
+
+
+def torch_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
+                  storage_path: str, ray_config: RayConfig, max_failures: int = 0, checkpoints_to_keep: int = 2,
+                  callbacks: list[Any] | None = None) -> Any:
+    """A Ray Train ``TorchTrainer`` as every GLEAM training job configures it.
+
+    Checkpoints go to ``storage_path/name`` (local folder or s3://, with gleam.storage's fsspec
+    settings), so re-running with the same name resumes from the latest checkpoint; workers
+    take fractional CPUs (RAY_NOTES: whole CPUs starve Ray Data on small machines) and GPUs
+    when ``ray_config.gpus_per_worker > 0``; FailureConfig restarts a failed worker group.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gleam import storage
+
+    storage_filesystem = None
+    if storage.is_remote(storage_path):
+        from gleam.data.pipeline import _pyarrow_filesystem
+
+        storage_filesystem = _pyarrow_filesystem(storage_path)
+        storage_path = storage.filesystem(storage_path)[1]
+    else:
+        storage_path = os.path.abspath(storage_path)
+    use_gpu = ray_config.gpus_per_worker > 0
+    resources = {"CPU": ray_config.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = ray_config.gpus_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=ray_config.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RayRunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=callbacks or [],
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
+        ),
+    )

@@ -384,34 +384,12 @@ def load_splits(config: TrainCoreConfig) -> tuple[Any, Any]:
 
 def make_trainer(config: TrainCoreConfig, train_set: Any, val_set: Any, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer of a run (shared by ``train_core`` and the Tune sweep)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from gleam.runtime import torch_trainer
 
-    storage_path = config.train.storage_path or config.run.output_dir
-    storage_filesystem = None
-    if storage.is_remote(storage_path):  # same fsspec settings (endpoint, credentials) as gleam.storage
-        from gleam.data.pipeline import _pyarrow_filesystem
-
-        storage_filesystem = _pyarrow_filesystem(storage_path)
-        storage_path = storage.filesystem(storage_path)[1]
-    else:
-        storage_path = os.path.abspath(storage_path)
-    use_gpu = config.ray.gpus_per_worker > 0
-    resources = {"CPU": config.ray.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = config.ray.gpus_per_worker
-    return TorchTrainer(
-        train_loop,
-        train_loop_config={"config": config, "train_set": train_set, "val_set": val_set},
-        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RayRunConfig(
-            name=config.run.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=callbacks or [],
-            failure_config=FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.checkpoints_to_keep),
-        ),
-    )
+    return torch_trainer(train_loop, {"config": config, "train_set": train_set, "val_set": val_set},
+                         name=config.run.name, storage_path=config.train.storage_path or config.run.output_dir,
+                         ray_config=config.ray, max_failures=config.train.max_failures,
+                         checkpoints_to_keep=config.train.checkpoints_to_keep, callbacks=callbacks)
 
 
 def train_core(config: TrainCoreConfig) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""GLEAM-X: the bilingual explaining side (query + satellite image + instruction -> explanation and verdict)."""

@@ -1,0 +1,1 @@
+"""Serving: the Ray Serve application (ingress, retriever, explainer) and request validation."""

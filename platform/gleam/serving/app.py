@@ -1,0 +1,432 @@
+"""GLEAM on Ray Serve: a FastAPI ingress composed with a Retriever and an Explainer.
+
+    Ingress (FastAPI)  GET /  GET /healthz  POST /v1/localize  POST /v1/localize/batch
+                       POST /v1/explain  GET /v1/gallery  GET /v1/tiles/{id}
+      ├─ Retriever   GLEAM-C encoder + faiss gallery index + tile store, @serve.batch
+      └─ Explainer   GLEAM-X (vision-language model), @serve.batch, verdict + explanation
+
+Both model deployments batch concurrent requests (``max_batch_size``, ``batch_wait_timeout_s``),
+autoscale on ongoing requests and take their CPU/GPU needs from ``ServeAppConfig``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from importlib import resources
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from gleam.serving.config import DeploymentSection, ServeAppConfig
+from gleam.serving.requests import (LocalizeRequest, RequestError, check_fields, decode_base64_image,
+                                    decode_image_bytes, parse_bool, parse_int, parse_language,
+                                    parse_modality)
+
+log = logging.getLogger(__name__)
+
+
+def _record_batch(stats: dict[str, Any], size: int, seconds: float) -> None:
+    stats["batches"] += 1
+    stats["requests"] += size
+    stats["max_batch"] = max(stats["max_batch"], size)
+    stats["sizes"][size] += 1
+    stats["seconds"] += seconds
+
+
+def _new_stats() -> dict[str, Any]:
+    return {"batches": 0, "requests": 0, "max_batch": 0, "sizes": defaultdict(int), "seconds": 0.0}
+
+
+def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    return {**stats, "sizes": {str(k): v for k, v in sorted(stats["sizes"].items())}}
+
+
+class RetrieverImpl:
+    """Embeds queries with the GLEAM-C encoder and searches the gallery index (no Ray)."""
+
+    def __init__(self, index: str, checkpoint: str = "", device: str = "cpu"):
+        from gleam.retrieval.index import GalleryIndex
+        from gleam.retrieval.tiles import TileStore
+        from gleam.retrieval.embed import Embedder
+
+        self.index = GalleryIndex.load(index)
+        checkpoint = checkpoint or self.index.meta.get("checkpoint", "")
+        if not checkpoint:
+            raise ValueError(f"index {index} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
+        self.embedder = Embedder(checkpoint, device=device)
+        self.tiles = TileStore.load(index)
+        self.checkpoint = checkpoint
+        self.stats = _new_stats()
+
+    def localize_many(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
+        """[(image, modality, k)] -> [{"candidates": [...]}], one embedding pass per modality."""
+        started = time.perf_counter()
+        results: list[dict[str, Any]] = [{} for _ in items]
+        by_modality: dict[str, list[int]] = defaultdict(list)
+        for position, (_, modality, _) in enumerate(items):
+            by_modality[modality].append(position)
+        for modality, positions in by_modality.items():
+            embeddings = self.embedder.embed([items[p][0] for p in positions], modality)
+            k = max(items[p][2] for p in positions)
+            hits = self.index.search(embeddings, k)
+            for row, position in enumerate(positions):
+                results[position] = {"candidates": hits[row][: items[position][2]]}
+        _record_batch(self.stats, len(items), time.perf_counter() - started)
+        return results
+
+    def gallery(self) -> dict[str, Any]:
+        return {"count": len(self.index), "ids": list(self.index.ids),
+                "lat": [float(v) for v in self.index.lats], "lon": [float(v) for v in self.index.lons]}
+
+
+class ExplainerImpl:
+    """GLEAM-X: (query, satellite, view, language) -> verdict + explanation (no Ray)."""
+
+    def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 96):
+        import torch
+
+        from gleam.explain.model import LoraSettings, load_vlm
+
+        self.model, self.processor = load_vlm(model, LoraSettings(enabled=False), dtype="float32", device=device)
+        self.model.eval()
+        self.image_size = int(getattr(self.model.config, "gleam_image_size", 0) or _read_image_size(model))
+        self.max_new_tokens = max_new_tokens
+        self.torch = torch
+        self.stats = _new_stats()
+
+    def explain_many(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
+        from gleam.explain.model import generate
+        from gleam.explain.prompts import instruction, parse_answer
+
+        started = time.perf_counter()
+        examples = []
+        for query, satellite, modality, language in items:
+            rng = np.random.default_rng(0)  # the canonical phrasing: same request, same answer
+            examples.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
+                                            instruction=instruction(language, modality, rng)))
+        with self.torch.no_grad():
+            texts = generate(self.model, self.processor, examples, image_size=self.image_size,
+                             max_new_tokens=self.max_new_tokens)
+        out = []
+        for text, (_, _, _, language) in zip(texts, items):
+            parsed = parse_answer(text)
+            out.append({"verdict": None if parsed.verdict is None else ("match" if parsed.verdict else "no match"),
+                        "well_formed": bool(parsed.well_formed), "language": language, "explanation": text})
+        _record_batch(self.stats, len(items), time.perf_counter() - started)
+        return out
+
+
+def _read_image_size(model: str) -> int:
+    import json
+
+    from gleam import storage
+
+    for name in ("gleam_explain.json", "config.json"):
+        url = storage.join(model, name)
+        if storage.exists(url):
+            value = json.loads(storage.read_text(url)).get("gleam_image_size")
+            if value:
+                return int(value)
+    return 112
+
+
+@serve.deployment(name="Retriever")
+class Retriever:
+    def __init__(self, index: str, checkpoint: str, device: str, max_batch_size: int, batch_wait_timeout_s: float):
+        self.impl = RetrieverImpl(index, checkpoint, device)
+        self.localize.set_max_batch_size(max_batch_size)
+        self.localize.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def localize(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.impl.localize_many, items)
+
+    async def localize_list(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
+        """A whole batch request in one call (already a batch: no waiting for company)."""
+        return await asyncio.to_thread(self.impl.localize_many, items)
+
+    def tile(self, tile_id: str) -> bytes | None:
+        return self.impl.tiles.get(tile_id)
+
+    def gallery(self) -> dict[str, Any]:
+        return self.impl.gallery()
+
+    def info(self) -> dict[str, Any]:
+        return {"gallery": len(self.impl.index), "checkpoint": self.impl.checkpoint,
+                "index": self.impl.index.meta.get("kind"), "batching": _public_stats(self.impl.stats)}
+
+
+@serve.deployment(name="Explainer")
+class Explainer:
+    def __init__(self, model: str, device: str, max_new_tokens: int, max_batch_size: int, batch_wait_timeout_s: float):
+        self.impl = ExplainerImpl(model, device, max_new_tokens)
+        self.explain.set_max_batch_size(max_batch_size)
+        self.explain.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
+    async def explain(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.impl.explain_many, items)
+
+    def info(self) -> dict[str, Any]:
+        return {"batching": _public_stats(self.impl.stats)}
+
+
+api = FastAPI(title="GLEAM", description="Cross-view geo-localization with explanations")
+
+
+def _page() -> str:
+    return resources.files("gleam.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, retriever: Any, explainer: Any | None, settings: dict[str, Any]):
+        self.retriever, self.explainer = retriever, explainer
+        self.s = settings
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _form_or_json(self, request: Request) -> tuple[str, dict[str, Any]]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data") or content_type.startswith(
+                "application/x-www-form-urlencoded"):
+            form = await request.form()
+            return "form", {key: form.getlist(key) if len(form.getlist(key)) > 1 else form.get(key)
+                            for key in form.keys()}
+        if content_type.startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise RequestError(400, "body", "is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise RequestError(422, "body", "must be a JSON object")
+            return "json", body
+        raise RequestError(415, "content-type", f"{content_type or 'none'} is not accepted; send "
+                                                "multipart/form-data (file upload) or application/json "
+                                                "(base64 images)")
+
+    async def _image_field(self, kind: str, body: dict[str, Any], name: str) -> tuple[bytes, np.ndarray]:
+        value = body.get(name)
+        if value is None:
+            raise RequestError(422, name, "is required" + (" (a file upload)" if kind == "form" else
+                                                           " (a base64-encoded image)"))
+        limit = self.s["max_image_bytes"]
+        if kind == "form":
+            if not hasattr(value, "read"):
+                raise RequestError(422, name, "must be a file upload, not a text field")
+            data = await value.read(limit + 1)
+            return data, decode_image_bytes(data, name, limit)
+        return decode_base64_image(value, name, limit)
+
+    def _options(self, body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        return {
+            "modality": parse_modality(body.get("modality"), prefix + "modality"),
+            "top_k": parse_int(body.get("top_k"), prefix + "top_k", self.s["top_k"], 1, self.s["max_top_k"]),
+            "explain": parse_bool(body.get("explain"), prefix + "explain", False),
+            "language": parse_language(body.get("language"), self.s["languages"], prefix + "language"),
+        }
+
+    async def _explain_candidates(self, request: LocalizeRequest, candidates: list[dict[str, Any]]) -> None:
+        if not request.explain:
+            return
+        if self.explainer is None:
+            raise RequestError(409, "explain", "this deployment has no GLEAM-X model (explainer=''); "
+                                               "ask without explain=true")
+        chosen = candidates[: self.s["explain_top"]]
+        tiles = await asyncio.gather(*(self.retriever.tile.remote(c["id"]) for c in chosen))
+        calls = [self.explainer.explain.remote((request.image_bytes, tile, request.modality, request.language))
+                 for tile in tiles if tile is not None]
+        answers = iter(await asyncio.gather(*calls))
+        for candidate, tile in zip(chosen, tiles):
+            candidate.update(next(answers) if tile is not None else
+                             {"verdict": None, "explanation": None, "well_formed": False,
+                              "note": "no tile image stored for this id"})
+
+    def _result(self, request: LocalizeRequest, retrieved: dict[str, Any]) -> dict[str, Any]:
+        return {"id": request.id or None, "modality": request.modality, "top_k": request.top_k,
+                "language": request.language, "candidates": retrieved["candidates"]}
+
+    # ------------------------------------------------------------------ endpoints
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> str:
+        return _page()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        retriever = await self.retriever.info.remote()
+        explainer = await self.explainer.info.remote() if self.explainer is not None else None
+        return {"status": "ok", "retriever": retriever, "explainer": explainer,
+                "languages": self.s["languages"]}
+
+    @api.get("/v1/gallery")
+    async def gallery(self) -> dict[str, Any]:
+        return await self.retriever.gallery.remote()
+
+    @api.get("/v1/tiles/{tile_id:path}")
+    async def tile(self, tile_id: str) -> Response:
+        data = await self.retriever.tile.remote(tile_id)
+        if data is None:
+            return JSONResponse(RequestError(404, "tile_id", f"{tile_id!r} is not in the gallery").to_json(), 404)
+        return Response(content=data, media_type="image/jpeg")
+
+    @api.post("/v1/localize")
+    async def localize(self, request: Request) -> JSONResponse:
+        try:
+            kind, body = await self._form_or_json(request)
+            check_fields(body, {"image", "modality", "top_k", "explain", "language", "id"}, "/v1/localize")
+            image_bytes, image = await self._image_field(kind, body, "image")
+            query = LocalizeRequest(image_bytes, image, **self._options(body), id=str(body.get("id") or ""))
+            retrieved = await self.retriever.localize.remote((query.image, query.modality, query.top_k))
+            await self._explain_candidates(query, retrieved["candidates"])
+            return JSONResponse(self._result(query, retrieved))
+        except RequestError as error:
+            return JSONResponse(error.to_json(), status_code=error.status)
+
+    @api.post("/v1/localize/batch")
+    async def localize_batch(self, request: Request) -> JSONResponse:
+        """Many images in one request; a bad image is an error entry, not a failed request."""
+        try:
+            kind, body = await self._form_or_json(request)
+            check_fields(body, {"images", "modality", "top_k", "explain", "language"}, "/v1/localize/batch")
+            defaults = self._options(body)
+            entries = body.get("images")
+            if kind == "form":
+                entries = entries if isinstance(entries, list) else ([entries] if entries is not None else [])
+            if not isinstance(entries, list) or not entries:
+                raise RequestError(422, "images", "must be a non-empty list" + (
+                    " of file uploads" if kind == "form" else " of {\"image\": base64, \"modality\"?, \"id\"?}"))
+            if len(entries) > self.s["max_batch_images"]:
+                raise RequestError(413, "images", f"{len(entries)} images; the limit per request is "
+                                                  f"{self.s['max_batch_images']}: split the batch")
+            parsed: list[LocalizeRequest | dict[str, Any]] = []
+            for position, entry in enumerate(entries):
+                where = f"images[{position}]"
+                try:
+                    if kind == "form":
+                        image_bytes, image = await self._image_field("form", {"image": entry}, where)
+                        options, ident = defaults, getattr(entry, "filename", "") or str(position)
+                    else:
+                        if not isinstance(entry, dict):
+                            raise RequestError(422, where, "must be an object {\"image\": base64, ...}")
+                        check_fields(entry, {"image", "modality", "top_k", "id"}, where)
+                        image_bytes, image = decode_base64_image(entry.get("image"), where + ".image",
+                                                                 self.s["max_image_bytes"])
+                        options = {**defaults, **{k: v for k, v in self._options(
+                            {**{"top_k": defaults["top_k"], "modality": defaults["modality"],
+                                "language": defaults["language"], "explain": defaults["explain"]},
+                             **{k: entry[k] for k in ("modality", "top_k") if k in entry}}, where + ".").items()}}
+                        ident = str(entry.get("id", position))
+                    parsed.append(LocalizeRequest(image_bytes, image, **options, id=ident))
+                except RequestError as error:
+                    parsed.append({"id": str(position), **error.to_json()})
+            good = [p for p in parsed if isinstance(p, LocalizeRequest)]
+            retrieved = iter(await self.retriever.localize_list.remote(
+                [(p.image, p.modality, p.top_k) for p in good]) if good else [])
+            results = []
+            for item in parsed:
+                if isinstance(item, LocalizeRequest):
+                    found = next(retrieved)
+                    await self._explain_candidates(item, found["candidates"])
+                    results.append(self._result(item, found))
+                else:
+                    results.append(item)
+            return JSONResponse({"count": len(results), "errors": sum("error" in r for r in results),
+                                 "results": results})
+        except RequestError as error:
+            return JSONResponse(error.to_json(), status_code=error.status)
+
+    @api.post("/v1/explain")
+    async def explain(self, request: Request) -> JSONResponse:
+        """Query + satellite (an upload, or ``tile_id`` of a gallery tile) -> verdict + explanation."""
+        try:
+            kind, body = await self._form_or_json(request)
+            check_fields(body, {"query", "satellite", "tile_id", "modality", "language"}, "/v1/explain")
+            if self.explainer is None:
+                raise RequestError(409, "explainer", "this deployment has no GLEAM-X model (explainer='')")
+            query_bytes, _ = await self._image_field(kind, body, "query")
+            if body.get("tile_id"):
+                satellite = await self.retriever.tile.remote(str(body["tile_id"]))
+                if satellite is None:
+                    raise RequestError(404, "tile_id", f"{body['tile_id']!r} is not in the gallery")
+            else:
+                satellite, _ = await self._image_field(kind, body, "satellite")
+            modality = parse_modality(body.get("modality"))
+            language = parse_language(body.get("language"), self.s["languages"])
+            answer = await self.explainer.explain.remote((query_bytes, satellite, modality, language))
+            return JSONResponse({"modality": modality, **answer})
+        except RequestError as error:
+            return JSONResponse(error.to_json(), status_code=error.status)
+
+
+def _deployment_options(section: DeploymentSection) -> dict[str, Any]:
+    scaling = section.autoscaling
+    return {
+        "ray_actor_options": {"num_cpus": section.num_cpus, "num_gpus": section.num_gpus},
+        "max_ongoing_requests": section.max_ongoing_requests,
+        "autoscaling_config": {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+                               "target_ongoing_requests": scaling.target_ongoing_requests,
+                               "upscale_delay_s": scaling.upscale_delay_s,
+                               "downscale_delay_s": scaling.downscale_delay_s},
+    }
+
+
+def check_artifacts(config: ServeAppConfig) -> None:
+    """Fail at build time, with the command that makes it, when a model or index is missing."""
+    from gleam import storage
+
+    if not storage.exists(storage.join(config.index, "index.faiss")):
+        raise ValueError(f"index: no gallery index at {config.index!r}; build one with "
+                         "`python jobs/build_index.py --config configs/build-index-local.yaml` or pass index=<folder>")
+    if config.checkpoint and not storage.exists(storage.join(config.checkpoint, "config.json")):
+        raise ValueError(f"checkpoint: no GLEAM-C checkpoint at {config.checkpoint!r} (expected config.json "
+                         "and model.safetensors from jobs/train_core.py)")
+    if config.explainer and not storage.exists(storage.join(config.explainer, "config.json")):
+        raise ValueError(f"explainer: no GLEAM-X model at {config.explainer!r}; train one with "
+                         "`python jobs/train_explain.py`, or pass explainer='' to serve retrieval only")
+
+
+def build_app(config: ServeAppConfig) -> Any:
+    """The bound Serve application for ``config``."""
+    check_artifacts(config)
+    retriever = Retriever.options(**_deployment_options(config.retriever)).bind(
+        config.index, config.checkpoint, config.device, config.retriever.max_batch_size,
+        config.retriever.batch_wait_timeout_s)
+    explainer = None
+    if config.explainer:
+        section = config.explainer_deployment
+        explainer = Explainer.options(**_deployment_options(section)).bind(
+            config.explainer, config.device, config.max_new_tokens, section.max_batch_size,
+            section.batch_wait_timeout_s)
+    settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
+                "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
+                "languages": list(config.languages)}
+    return Ingress.options(num_replicas=config.ingress_replicas).bind(retriever, explainer, settings)
+
+
+def app_from_args(args: dict[str, Any]) -> Any:
+    """``serve run`` arguments -> app. ``config=<yaml>`` loads a file; other keys are overrides."""
+    from gleam.config import load_config
+
+    args = dict(args or {})
+    path = args.pop("config", None) or os.environ.get("GLEAM_SERVE_CONFIG") or None
+    overrides = [f"{key}={_yaml_value(value)}" for key, value in args.items()]
+    config = load_config(ServeAppConfig, path, overrides)
+    return build_app(config)
+
+
+def _yaml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, str):
+        return value if value != "" else "''"
+    return json.dumps(value)

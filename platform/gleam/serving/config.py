@@ -1,0 +1,57 @@
+"""The serving application's configuration (``kind: serve``).
+
+``serve run serve_apps.gleam:app`` builds the app from these defaults; arguments
+(``serve run serve_apps.gleam:app index=runs/index top_k=10``) or a serve config file's
+``args:`` override them, and ``config=<file.yaml>`` loads a whole file first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gleam.explain.prompts import LANGUAGES
+
+
+@dataclass
+class AutoscalingSection:
+    """Ray Serve autoscaling of one deployment (replicas follow ongoing requests)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 4.0
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 60.0
+
+
+@dataclass
+class DeploymentSection:
+    """Resources, batching and autoscaling of one model deployment."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0  # > 0 puts the replicas on GPU nodes (the autoscaler adds them)
+    max_batch_size: int = 16  # 1 turns batching off
+    batch_wait_timeout_s: float = 0.01
+    max_ongoing_requests: int = 32
+    autoscaling: AutoscalingSection = field(default_factory=AutoscalingSection)
+
+
+@dataclass
+class ServeAppConfig:
+    """Root config of ``serve_apps.gleam:app``."""
+
+    kind: str = "serve"
+    index: str = "runs/index-local"  # folder written by jobs/build_index.py (local or s3://)
+    checkpoint: str = ""  # GLEAM-C checkpoint; "" = the one recorded in the index
+    explainer: str = "runs/gleam-x-local/final"  # GLEAM-X model folder; "" = no explanations
+    device: str = "cpu"  # "cuda" on GPU nodes
+    top_k: int = 5
+    max_top_k: int = 100
+    explain_top: int = 3  # how many of the top-k candidates GLEAM-X verifies
+    max_new_tokens: int = 96
+    max_image_bytes: int = 8 * 2**20
+    max_batch_images: int = 64
+    languages: list[str] = field(default_factory=lambda: list(LANGUAGES))
+    retriever: DeploymentSection = field(default_factory=DeploymentSection)
+    explainer_deployment: DeploymentSection = field(
+        default_factory=lambda: DeploymentSection(max_batch_size=4, batch_wait_timeout_s=0.05))
+    ingress_replicas: int = 1

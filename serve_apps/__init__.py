@@ -1,0 +1,1 @@
+"""Ray Serve application entry points (``serve run serve_apps.gleam:app``)."""
