@@ -133,49 +133,17 @@ def test_killed_worker_is_replaced_and_training_finishes(tiny_dataset, tmp_path)
 
 @pytest.mark.slow
 def test_job_submit_to_a_started_cluster(tiny_dataset, tmp_path):
-    from conftest import free_port
+    from ray_cluster import start_head
 
-    env = {**job_env(), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    port, dashboard = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="gleam-ray-", dir="/tmp")  # AF_UNIX paths must stay short
-    # its own session, so the test can stop exactly this cluster (`ray stop` would stop every
-    # Ray on the machine, the test session's own included)
-    # every port explicit: another Ray on this machine (a test session's own) holds the defaults
-    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
-                             f"--dashboard-agent-listen-port={free_port()}",
-                             f"--dashboard-agent-grpc-port={free_port()}",
-                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-                             f"--ray-client-server-port={free_port()}",
-                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    assert head.wait(timeout=120) == 0, head.stdout.read()
+    cluster = start_head()
     try:
-        command = job_command(tiny_dataset, str(tmp_path / "runs"), "submitted", 1)
-        for attempt in range(24):  # the dashboard's job agent comes up a little after `ray start`
-            submit = subprocess.run([ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
-                                     "--", *command], capture_output=True, text=True, env=env, timeout=480)
-            if "No available agent" not in submit.stdout + submit.stderr:
-                break
-            time.sleep(5)
+        submit = cluster.submit(job_command(tiny_dataset, str(tmp_path / "runs"), "submitted", 1))
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
         assert "succeeded" in submit.stdout.lower()
         summary = json.load(open(tmp_path / "runs" / "submitted" / "summary.json"))
         assert summary["epochs"] == 2 and summary["train_samples"] == 48
     finally:
-        stop_session(head.pid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def stop_session(session_id: int) -> None:
-    """SIGTERM, then SIGKILL, every process of the session that `ray start` created."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(session_id, sig)
-        except ProcessLookupError:
-            return
-        time.sleep(3)
+        cluster.stop()
 
 
 @pytest.mark.slow

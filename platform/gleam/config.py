@@ -90,6 +90,8 @@ ROOT_CONFIGS: dict[str, str] = {
     "train_explain": "gleam.explain.train:TrainExplainConfig",
     "evaluate_explain": "gleam.explain.evaluate:EvaluateExplainConfig",
     "serve": "gleam.serving.config:ServeAppConfig",
+    "build_index": "gleam.retrieval.build:BuildIndexConfig",
+    "localize_batch": "gleam.retrieval.batch:LocalizeBatchConfig",
 }
 
 

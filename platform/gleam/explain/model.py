@@ -149,6 +149,9 @@ class LoraSettings:
     # projector module names; []: by model type (PROJECTOR_MODULES)
     projector_modules: list[str] = field(default_factory=list)
     full_finetune: bool = False  # every weight trains; exclusive with `enabled`
+    # further modules trained in full beside the adapters (peft modules_to_save), e.g.
+    # ["embed_tokens", "lm_head"] when the vocabulary is new, as for the tiny default model
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 class ExplainExample(Protocol):
@@ -376,6 +379,11 @@ def apply_training_mode(model: nn.Module, lora: LoraSettings) -> nn.Module:
         model.requires_grad_(True)
         return model
     projector = projector_names(model, lora) if lora.train_projector else []
+    extra = [name for name in lora.modules_to_save if name not in projector]
+    missing = [name for name in extra if not any(m.endswith(name) for m, _ in model.named_modules())]
+    if missing:
+        raise ValueError(f"LoraSettings.modules_to_save: no module named {missing} in this model")
+    projector = projector + extra
     if lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -361,8 +361,13 @@ def _hard_neighbours(checkpoint: str, samples: list[Any]) -> dict[str, list[str]
     return hard_neighbours_from_embeddings([q.location_id for q in queries], query_emb, sat_ids, sat_emb, k=5)
 
 
-def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """(train examples, validation examples, a report of how they were made)."""
+def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], list[Any], dict[str, Any]]:
+    """(train examples, validation examples, fit examples, a report of how they were made).
+
+    The fit set pairs the training locations' views again with freshly drawn negatives (other
+    seed): verdicts there show what the model learned about the places it trained on, while the
+    validation split (other regions) shows whether that transfers. Empty for conversation data.
+    """
     from gleam.explain.dataset import build_examples, load_conversations, write_conversations
 
     data = config.data
@@ -372,12 +377,15 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], di
         for name, split in (("train", data.train_split), ("val", data.val_split)):
             samples = _read_split(data.source, split, list(data.modalities))
             neighbours = _hard_neighbours(data.retrieval_checkpoint, samples) if data.retrieval_checkpoint else None
-            examples = build_examples(samples, languages=tuple(data.languages),
-                                      negatives_per_positive=data.negatives_per_positive,
-                                      hard_fraction=data.hard_fraction if neighbours else 0.0,
-                                      hard_neighbours=neighbours, seed=config.run.seed + (name == "val"))
-            splits[name] = examples
-        train, val = splits["train"], splits["val"]
+            options = dict(languages=tuple(data.languages), negatives_per_positive=data.negatives_per_positive,
+                           hard_fraction=data.hard_fraction if neighbours else 0.0, hard_neighbours=neighbours)
+            splits[name] = build_examples(samples, **options, seed=config.run.seed + (name == "val"))
+            if name == "train":
+                fresh = build_examples(samples, **options, seed=config.run.seed + 1000)
+                seen = {(e.location_id, e.modality, e.satellite_location_id) for e in splits[name]}
+                splits["fit"] = [e for e in fresh if e.match or
+                                 (e.location_id, e.modality, e.satellite_location_id) not in seen]
+        train, val, fit = splits["train"], splits["val"], splits["fit"]
         folder = storage.join(config.run_dir(), "data")
         write_conversations(train, folder, "train")
         write_conversations(val, folder, "val")
@@ -386,15 +394,18 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], di
     else:
         train = _loaded(load_conversations(data.source, split=data.train_split), report, "train")
         val = _loaded(load_conversations(data.source, split=data.val_split), report, "val")
+        fit = []
         report["format"] = "conversations"
     rng = np.random.default_rng(config.run.seed)
     if data.max_train_examples and len(train) > data.max_train_examples:
         train = [train[i] for i in sorted(rng.choice(len(train), data.max_train_examples, replace=False))]
     if data.max_val_examples and len(val) > data.max_val_examples:
         val = [val[i] for i in sorted(rng.choice(len(val), data.max_val_examples, replace=False))]
-    report.update({"train_examples": len(train), "val_examples": len(val),
+    if data.max_val_examples and len(fit) > data.max_val_examples:
+        fit = [fit[i] for i in sorted(rng.choice(len(fit), data.max_val_examples, replace=False))]
+    report.update({"train_examples": len(train), "val_examples": len(val), "fit_examples": len(fit),
                    "train_match_fraction": float(np.mean([e.match for e in train])) if train else None})
-    return train, val, report
+    return train, val, fit, report
 
 
 def _loaded(examples: Any, report: dict[str, Any], name: str) -> list[Any]:
@@ -435,7 +446,7 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     run_dir = config.run_dir()
     storage.makedirs(run_dir)
     started = time.perf_counter()
-    train, val, data_report = build_datasets(config)
+    train, val, fit, data_report = build_datasets(config)
     base = _base_model(config, train)
     save_config(config, run_dir)
     log.info("GLEAM-X: %d train / %d val examples, base model %s", len(train), len(val), base)
@@ -460,15 +471,20 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
         storage.write_json(storage.join(folder, EXPLAIN_META), meta)
     plot_history([{**h, "phase": 0} for h in history], storage.join(run_dir, "plots"))
     model.eval()
-    evaluation = evaluate_examples(model, processor, val, image_size=config.model.image_size,
-                                   max_new_tokens=config.train.max_new_tokens, batch_size=config.train.eval_batch)
+    evaluation = {}
+    for name, examples in (("val", val), ("fit", fit)):
+        if examples:
+            evaluation[name] = evaluate_examples(model, processor, examples, image_size=config.model.image_size,
+                                                 max_new_tokens=config.train.max_new_tokens,
+                                                 batch_size=config.train.eval_batch)
     storage.write_json(storage.join(run_dir, "eval.json"), evaluation)
     summary = {
         "run_dir": run_dir, "seconds": round(time.perf_counter() - started, 1), "epochs": len(history),
         "final": history[-1] if history else {}, "data": data_report, "base_model": base,
         "adapter": adapter_dir, "merged_model": merged, "checkpoint": result.checkpoint.path,
-        "eval": {k: evaluation[k] for k in ("match", "majority_baseline", "parse_rate", "text", "faithfulness")
-                 if k in evaluation},
+        "eval": {name: {k: report[k] for k in ("match", "majority_baseline", "parse_rate", "well_formed_rate",
+                                                "language_consistency", "text", "faithfulness") if k in report}
+                 for name, report in evaluation.items()},
     }
     storage.write_json(storage.join(run_dir, "summary.json"), summary)
     return summary

@@ -9,7 +9,7 @@ Both model deployments batch concurrent requests (``max_batch_size``, ``batch_wa
 autoscale on ongoing requests and take their CPU/GPU needs from ``ServeAppConfig``.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI must see real types (Request) on the routes
 
 import asyncio
 import logging
@@ -410,7 +410,8 @@ def build_app(config: ServeAppConfig) -> Any:
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "languages": list(config.languages)}
-    return Ingress.options(num_replicas=config.ingress_replicas).bind(retriever, explainer, settings)
+    return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options={"num_cpus": 0.1}).bind(
+        retriever, explainer, settings)
 
 
 def app_from_args(args: dict[str, Any]) -> Any:
@@ -419,9 +420,20 @@ def app_from_args(args: dict[str, Any]) -> Any:
 
     args = dict(args or {})
     path = args.pop("config", None) or os.environ.get("GLEAM_SERVE_CONFIG") or None
-    overrides = [f"{key}={_yaml_value(value)}" for key, value in args.items()]
+    overrides = [f"{key}={_yaml_value(value)}" for key, value in _flatten(args)]
     config = load_config(ServeAppConfig, path, overrides)
     return build_app(config)
+
+
+def _flatten(args: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{"retriever": {"max_batch_size": 8}} -> [("retriever.max_batch_size", 8)]."""
+    out: list[tuple[str, Any]] = []
+    for key, value in args.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def _yaml_value(value: Any) -> str:

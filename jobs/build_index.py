@@ -1,0 +1,22 @@
+"""Build a faiss gallery index: embed a split's satellite tiles with a GLEAM-C checkpoint (Ray
+Data actor pool) and write index + ids/coordinates + meta + report to a folder or s3:// prefix.
+
+    python jobs/build_index.py --config configs/build-index-local.yaml
+    python jobs/build_index.py --config configs/build-index-local.yaml index.kind=hnsw output=s3://bucket/index
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gleam.retrieval.build import BuildIndexConfig, build_index
+from gleam.runtime import run_job
+
+
+def summarize(config: BuildIndexConfig, report: dict) -> dict:
+    return {k: report[k] for k in ("output", "count", "dim", "kind", "seconds", "embeddings_per_second")}
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(BuildIndexConfig, build_index, summarize, None, __doc__,
+                     "configs/build-index-local.yaml", errors=(ValueError, OSError)))

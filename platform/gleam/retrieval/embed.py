@@ -1,0 +1,271 @@
+"""Embedding images with a GLEAM-C checkpoint: one image list at a time (``Embedder``, used by
+serving and batch localization) or a whole shard dataset's satellite gallery with a Ray Data
+actor pool (``embed_gallery``).
+
+Images are resized to the encoder's input size for their modality (``ModelConfig.input_size``)
+with the same resize as training (``gleam.data.transforms.resize``) and normalised and encoded
+by ``gleam.core.train.encode_images``: a query embeds exactly as it did during evaluation.
+
+The gallery of a split is one satellite tile per location id: the split's satellite-only
+distractors plus the satellite tiles of its query samples.  Samples of one location share their
+tile, so the first tile seen for a location id stands for it (a single small actor keeps the
+set of ids seen, so the rest of the pipeline stays streaming and parallel).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedConfig:
+    """How the embedding actors run (their number and CPU/GPU shares come from ``ray``:
+    ``num_workers`` actors of ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs)."""
+
+    batch_size: int = 32  # images per Ray Data batch and per forward pass
+    device: str = "auto"  # auto: cuda when the actor holds a GPU, else cpu
+
+
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """A uint8 HxWx3 view of a gray (HxW / HxWx1), RGB or RGBA uint8 image."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape[:2]:
+        raise ValueError(f"images must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return array[:, :, :3]
+
+
+def check_modality(modality: str) -> str:
+    from gleam.data.schema import modalities
+
+    if modality not in modalities():
+        raise ValueError(f"unknown modality {modality!r}; known: {', '.join(modalities())}")
+    return modality
+
+
+def prepare_image(image: np.ndarray, modality: str, model_config: Any) -> np.ndarray:
+    """An image as the encoder takes it for ``modality``: RGB uint8 at ``input_size(modality)``."""
+    from gleam.data.transforms import resize
+
+    return np.ascontiguousarray(resize(as_rgb(image), model_config.input_size(check_modality(modality))))
+
+
+class Embedder:
+    """A GLEAM-C checkpoint loaded once; ``embed`` turns images of one modality into unit vectors."""
+
+    def __init__(self, checkpoint: str, *, device: str = "auto", batch_size: int = 64,
+                 threads: int | None = None):
+        import torch
+
+        from gleam.core.model import GleamEncoder
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.checkpoint = checkpoint
+        self.device = torch.device(resolve_device(device))
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = GleamEncoder.from_pretrained(checkpoint).to(self.device).eval()
+        data_config = self.model.data_config()
+        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.embedding_dim)
+
+    def input_size(self, modality: str) -> tuple[int, int]:
+        return self.model.config.input_size(check_modality(modality))
+
+    def prepare(self, image: np.ndarray, modality: str) -> np.ndarray:
+        return prepare_image(image, modality, self.model.config)
+
+    def embed(self, images: list[np.ndarray], modality: str) -> np.ndarray:
+        """float32 [N, D] unit embeddings of ``images`` (uint8 arrays of any size) of ``modality``."""
+        import torch
+
+        from gleam.core.train import encode_images
+
+        prepared = [self.prepare(image, modality) for image in images]
+        if not prepared:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(prepared), self.batch_size):
+                chunk = prepared[start:start + self.batch_size]
+                out.append(encode_images(self.model, chunk, self.device, self.mean, self.std).float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- Ray Data stages
+
+
+class FirstPerLocation:
+    """Ray Data stage (run as ONE actor): passes the first row of each location id, drops the rest."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = np.zeros(len(batch["location_id"]), dtype=bool)
+        with self.lock:
+            for row, location in enumerate(batch["location_id"]):
+                if location not in self.seen:
+                    self.seen.add(location)
+                    keep[row] = True
+        return {name: values[keep] for name, values in batch.items()}
+
+
+class GalleryEmbedStage:
+    """Ray Data actor: decodes satellite tiles and embeds them (checkpoint loaded once per actor)."""
+
+    def __init__(self, checkpoint: str, device: str, batch_size: int, threads: int | None,
+                 keep_images: bool = False):
+        self.embedder = Embedder(checkpoint, device=device, batch_size=batch_size, threads=threads)
+        self.keep_images = keep_images
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from gleam.data.schema import decode_image
+
+        images = [decode_image(data, str(location), "satellite_image")
+                  for data, location in zip(batch["satellite"], batch["location_id"])]
+        out = {"location_id": batch["location_id"], "latitude": batch["latitude"].astype(np.float64),
+               "longitude": batch["longitude"].astype(np.float64),
+               "embedding": self.embedder.embed(images, "satellite")}
+        if self.keep_images:
+            out["image"] = batch["satellite"]  # the encoded tile, as stored in the shard
+        return out
+
+
+def actor_threads(num_cpus: float, num_gpus: float) -> int | None:
+    """torch CPU threads for an actor holding ``num_cpus`` cores (None: leave torch's default)."""
+    return None if num_gpus > 0 else max(1, int(round(num_cpus)))
+
+
+def warn_if_starved(num_actors: int, num_cpus_per_actor: float, other_cpus: float = 1.0) -> None:
+    """Check an actor pool's size; warn when, with ``other_cpus`` for the read/decode tasks, it
+    asks for more CPUs than the cluster has (Ray Data then waits forever without an error:
+    RAY_NOTES).  An autoscaling cluster may still grow, so this is a warning."""
+    import ray
+
+    if num_actors < 1:
+        raise ValueError(f"num_actors must be at least 1, got {num_actors}")
+    if num_cpus_per_actor < 0:
+        raise ValueError(f"num_cpus_per_actor must be >= 0, got {num_cpus_per_actor}")
+    total = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    wanted = num_actors * num_cpus_per_actor + other_cpus
+    if total and wanted > total:
+        log.warning("%d actors x %g CPU + %g CPU for reading = %g CPU > the cluster's %g: Ray Data may "
+                    "stall without an error; use fewer actors or fractional CPUs", num_actors,
+                    num_cpus_per_actor, other_cpus, wanted, total)
+
+
+def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | None = None,
+                    batch_size: int = 64, num_actors: int = 1, num_cpus_per_actor: float = 0.5,
+                    num_gpus_per_actor: float = 0.0, device: str = "auto",
+                    keep_images: bool = False) -> tuple[Any, Any]:
+    """The lazy Ray Dataset of gallery embeddings (columns location_id, latitude, longitude,
+    embedding [D] float32, and with ``keep_images`` the encoded tile as ``image``), one row per
+    location, plus the ``SampleReader`` counting skipped samples.  Nothing runs until the
+    dataset is consumed."""
+    import ray
+
+    from gleam.data.pipeline import read_samples
+
+    warn_if_starved(num_actors, num_cpus_per_actor)
+    if device == "auto" and num_gpus_per_actor > 0:
+        device = "cuda"
+    reader = read_samples(source, split=split, decode=False)
+    dataset = (reader.dataset
+               .select_columns(["location_id", "latitude", "longitude", "satellite"])
+               # num_cpus=0: a counted CPU share here starves the read tasks on 2-core machines
+               .map_batches(FirstPerLocation, batch_format="numpy", batch_size=None,
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
+               .map_batches(GalleryEmbedStage, batch_format="numpy", batch_size=batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=num_actors),
+                            num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
+                            fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
+                                                   "batch_size": batch_size, "keep_images": keep_images,
+                                                   "threads": actor_threads(num_cpus_per_actor, num_gpus_per_actor)}))
+    return dataset, reader
+
+
+@dataclass
+class Gallery:
+    """Gallery embeddings in memory, rows sorted by location id."""
+
+    ids: list[str]
+    latitudes: np.ndarray  # [N] float64
+    longitudes: np.ndarray  # [N] float64
+    embeddings: np.ndarray  # [N, D] float32, unit rows
+    read_report: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    images: list[bytes] | None = None  # encoded tiles (``keep_images=True``)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None = None,
+                  batch_size: int = 64, num_actors: int = 1, num_cpus_per_actor: float = 0.5,
+                  num_gpus_per_actor: float = 0.0, device: str = "auto", keep_images: bool = False) -> Gallery:
+    """Embed the satellite gallery of ``source`` (a shard dataset folder / s3:// URL with a
+    manifest, or shard URLs), ``split`` selecting samples; Ray must be initialised.
+    ``keep_images`` also returns the encoded tiles (for serving's tile store).
+
+    Raises ValueError when no sample is found.
+    """
+    started = time.perf_counter()
+    dataset, reader = gallery_dataset(checkpoint, source, split=split, batch_size=batch_size,
+                                      num_actors=num_actors, num_cpus_per_actor=num_cpus_per_actor,
+                                      num_gpus_per_actor=num_gpus_per_actor, device=device,
+                                      keep_images=keep_images)
+    ids: list[str] = []
+    images: list[bytes] = []
+    latitudes, longitudes, embeddings = [], [], []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.extend(str(i) for i in batch["location_id"])
+        latitudes.append(batch["latitude"])
+        longitudes.append(batch["longitude"])
+        embeddings.append(np.asarray(batch["embedding"], dtype=np.float32))
+        if keep_images:
+            images.extend(bytes(image) for image in batch["image"])
+    report = reader.report()
+    report = {k: v for k, v in report.items() if k != "corrupt_samples"} | {
+        "corrupt_examples": report["corrupt_samples"][:20]}
+    if not ids:
+        raise ValueError(f"{source}: no gallery tiles for split={split!r} "
+                         f"({report['samples']} samples read, {report['corrupt']} corrupt)")
+    order = np.argsort(np.asarray(ids), kind="stable")
+    return Gallery(ids=[ids[i] for i in order], latitudes=np.concatenate(latitudes)[order],
+                   longitudes=np.concatenate(longitudes)[order],
+                   embeddings=np.ascontiguousarray(np.concatenate(embeddings)[order]),
+                   read_report=report, seconds=time.perf_counter() - started,
+                   images=[images[i] for i in order] if keep_images else None)

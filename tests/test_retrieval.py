@@ -1,0 +1,316 @@
+"""Retrieval: faiss gallery index (exactness, recall, storage round trips, errors), gallery
+embedding with a Ray Data actor pool (build_index), and offline batch localization."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gleam.retrieval.index import GalleryIndex, IndexConfig, SearchResult
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------------------- index
+
+
+def unit_rows(array: np.ndarray) -> np.ndarray:
+    return (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(count: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return unit_rows(centres[rng.integers(0, clusters, count)] + spread * rng.normal(size=(count, dim)))
+
+
+def gallery_columns(count: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"loc{i:06d}" for i in range(count)], rng.uniform(-60, 60, count), rng.uniform(-170, 170, count)
+
+
+def brute_force(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ gallery.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.fixture(scope="module")
+def big_set():
+    gallery = clustered(20_000, 64, 200, 0.6, seed=1)
+    queries = clustered(300, 64, 200, 0.6, seed=1)  # same centres (same seed), fresh noise below
+    queries = unit_rows(queries + 0.3 * np.random.default_rng(2).normal(size=queries.shape))
+    return gallery, queries, *gallery_columns(len(gallery))
+
+
+def test_flat_index_equals_brute_force(big_set):
+    gallery, queries, ids, lats, lons = big_set
+    index = GalleryIndex.build(gallery, ids, lats, lons, IndexConfig(kind="auto"))
+    assert index.kind == "flat" and index.count == 20_000 and index.dim == 64
+    found = index.search(queries, 10)
+    scores, order = brute_force(queries, gallery, 10)
+    np.testing.assert_array_equal(found.indices, order)
+    np.testing.assert_allclose(found.scores, scores, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(found.ids, np.asarray(ids, dtype=object)[order])
+    np.testing.assert_array_equal(found.latitudes, lats[order])
+    np.testing.assert_array_equal(found.longitudes, lons[order])
+    single = index.search(queries[0], 3)  # one [D] vector
+    np.testing.assert_array_equal(single.indices, order[:1, :3])
+    assert len(single) == 1 and single[0] == single.hits(0)
+    assert single[0][0] == {"rank": 1, "id": ids[order[0, 0]], "score": pytest.approx(float(scores[0, 0]), abs=2e-6),
+                            "lat": lats[order[0, 0]], "lon": lons[order[0, 0]]}
+    assert [hit["rank"] for hit in single[0]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("config", [IndexConfig(kind="ivf", nprobe=16), IndexConfig(kind="hnsw"),
+                                    IndexConfig(kind="auto", exact_below=10_000)], ids=["ivf", "hnsw", "auto-ivf"])
+def test_approximate_indexes_recall_against_flat(big_set, config):
+    gallery, queries, ids, lats, lons = big_set
+    _, exact = brute_force(queries, gallery, 10)
+    index = GalleryIndex.build(gallery, ids, lats, lons, config)
+    assert index.kind == ("ivf" if config.kind == "auto" else config.kind)
+    found = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.indices, exact)])
+    assert recall >= 0.9, f"{config.kind}: recall@10 {recall:.3f}"
+    assert np.all(np.diff(found.scores, axis=1) <= 1e-6)  # best first
+
+
+def small_index(kind: str = "flat", count: int = 200, dim: int = 16) -> tuple[GalleryIndex, np.ndarray]:
+    vectors = clustered(count, dim, 8, 0.5, seed=3)
+    return GalleryIndex.build(vectors, *gallery_columns(count), IndexConfig(kind=kind, nlist=4),
+                              checkpoint="ckpt/final"), vectors
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_save_load_round_trip_local(tmp_path, kind):
+    index, vectors = small_index(kind)
+    url = str(tmp_path / "index")
+    index.save(url)
+    assert sorted(os.listdir(url)) == ["gallery.parquet", "index.faiss", "meta.json"]
+    meta = json.load(open(os.path.join(url, "meta.json")))
+    assert {k: meta[k] for k in ("dim", "kind", "count", "checkpoint", "metric")} == {
+        "dim": 16, "kind": kind, "count": 200, "checkpoint": "ckpt/final", "metric": "inner_product"}
+    assert meta["created"]
+    loaded = GalleryIndex.load(url)
+    before, after = index.search(vectors[:20], 5), loaded.search(vectors[:20], 5)
+    for name in ("indices", "ids", "scores", "latitudes", "longitudes"):
+        np.testing.assert_array_equal(getattr(before, name), getattr(after, name))
+    assert loaded.checkpoint == "ckpt/final" and loaded.kind == kind
+
+
+def test_save_load_round_trip_s3(s3_bucket):
+    index, vectors = small_index("ivf")
+    url = f"{s3_bucket}/indexes/v1"
+    index.save(url)
+    loaded = GalleryIndex.load(url, nprobe=4)
+    np.testing.assert_array_equal(loaded.search(vectors[:10], 5).indices, index.search(vectors[:10], 5).indices)
+    assert loaded.config.nprobe == 4
+    with pytest.raises(FileNotFoundError, match=f"{s3_bucket}/indexes/none: not a gallery index"):
+        GalleryIndex.load(f"{s3_bucket}/indexes/none")
+
+
+def test_index_errors(tmp_path, caplog):
+    index, vectors = small_index()
+    with pytest.raises(ValueError, match="dimension 8, but the index holds 16-d"):
+        index.search(np.eye(8, dtype=np.float32), 3)
+    with pytest.raises(ValueError, match="gallery is empty"):
+        GalleryIndex.build(np.zeros((0, 16), np.float32), [], [], [])
+    with pytest.raises(ValueError, match="must be L2-normalised"):
+        GalleryIndex.build(vectors * 2, *gallery_columns(200))
+    with pytest.raises(ValueError, match="ids has 3 entries but there are 200"):
+        GalleryIndex.build(vectors, ["a", "b", "c"], np.zeros(200), np.zeros(200))
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(vectors[:1], 0)
+    assert index.search(vectors[:2], 1000).indices.shape == (2, 200)  # k capped at the gallery
+    assert index.search(vectors[:2] * 3, 1, normalize=True).indices[:, 0].tolist() == \
+        index.search(vectors[:2], 1).indices[:, 0].tolist()
+    with pytest.raises(FileNotFoundError, match="not a gallery index"):
+        GalleryIndex.load(str(tmp_path / "nothing"))
+    url = str(tmp_path / "broken")
+    index.save(url)
+    os.remove(os.path.join(url, "gallery.parquet"))
+    with pytest.raises(FileNotFoundError, match="gallery.parquet is missing"):
+        GalleryIndex.load(url)
+    index.save(url)
+    other, _ = small_index(count=100)
+    from gleam import storage
+
+    storage.write_bytes(os.path.join(url, "index.faiss"), open(other.save(str(tmp_path / "o")) + "/index.faiss", "rb").read())
+    with pytest.raises(ValueError, match="does not match meta.json"):
+        GalleryIndex.load(url)
+    caplog.set_level("WARNING")
+    on_cpu = GalleryIndex.build(vectors, *gallery_columns(200), IndexConfig(kind="flat", use_gpu=True))
+    assert not on_cpu.on_gpu and "searching on CPU" in caplog.text
+
+
+def test_missing_hits_are_marked():
+    vectors = clustered(400, 8, 4, 0.05, seed=5)  # tight clusters: one IVF list holds few points
+    index = GalleryIndex.build(vectors, *gallery_columns(400), IndexConfig(kind="ivf", nlist=8, nprobe=1))
+    found: SearchResult = index.search(-vectors[:5], 400)
+    missing = found.indices < 0
+    assert missing.any()
+    assert np.all(found.ids[missing] == "") and np.isnan(found.latitudes[missing]).all()
+    assert np.isneginf(found.scores[missing]).all()
+    assert len(found.hits(0)) == int((~missing[0]).sum())
+
+
+# --------------------------------------------------------------------------- Ray: gallery + batch
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A tiny GLEAM-C checkpoint and a shard dataset: test split = 6 locations seen by two query
+    views each (shared satellite tile) + 3 satellite-only distractors; a train split besides."""
+    import torch
+
+    from gleam.config import ShardConfig
+    from gleam.core.model import GleamEncoder, ModelConfig
+    from gleam.data.shards import write_manifest, write_part
+    from samples import make_sample
+
+    root = tmp_path_factory.mktemp("retrieval")
+    torch.manual_seed(0)
+    checkpoint = str(root / "ckpt")
+    GleamEncoder(ModelConfig(embedding_dim=16, image_size=32, panorama_size=[32, 64])).save_pretrained(checkpoint)
+    test = [make_sample(i, modality=m, split="test") for i in range(6) for m in ("uav", "ground")]
+    test += [make_sample(100 + i, modality="satellite", split="test") for i in range(3)]
+    train = [make_sample(200 + i, split="train") for i in range(4)]
+    data = str(root / "data")
+    records = [write_part(data, "test", lambda: test, ShardConfig(max_samples=8)),
+               write_part(data, "train", lambda: train, ShardConfig())]
+    write_manifest(data, records, dataset="tiny")
+    return {"root": root, "checkpoint": checkpoint, "data": data, "test": test}
+
+
+@pytest.fixture(scope="module")
+def built_index(ray_session, tiny_world):
+    from gleam.retrieval.build import BuildIndexConfig, build_index
+
+    output = str(tiny_world["root"] / "index")
+    report = build_index(BuildIndexConfig(checkpoint=tiny_world["checkpoint"], source=tiny_world["data"],
+                                          split="test", output=output))
+    return output, report
+
+
+def test_build_index_embeds_one_tile_per_location(tiny_world, built_index):
+    from gleam.retrieval.embed import Embedder
+
+    output, report = built_index
+    assert report["count"] == 9 and report["dim"] == 16 and report["kind"] == "flat"
+    assert report["read_report"]["samples"] == 15 and report["read_report"]["corrupt"] == 0
+    assert report["embeddings_per_second"] > 0
+    assert json.load(open(os.path.join(output, "report.json")))["count"] == 9
+    index = GalleryIndex.load(output)
+    tiles = {s.location_id: s for s in tiny_world["test"]}
+    assert index.ids.tolist() == sorted(tiles)
+    expected = Embedder(tiny_world["checkpoint"]).embed([tiles[i].satellite_array() for i in sorted(tiles)], "satellite")
+    found = index.search(expected, 1)
+    assert found.indices[:, 0].tolist() == list(range(9))
+    np.testing.assert_allclose(found.scores[:, 0], 1.0, atol=1e-5)  # each tile finds itself
+    np.testing.assert_array_equal(index.latitudes, [tiles[i].latitude for i in sorted(tiles)])
+    assert index.checkpoint == tiny_world["checkpoint"] and index.meta["checkpoint"] == tiny_world["checkpoint"]
+    from gleam.retrieval.tiles import TileStore
+
+    store = TileStore.load(output)
+    assert len(store) == 9 and all(store.get(i) == tiles[i].satellite_image for i in tiles)
+
+
+def test_embed_gallery_reports_an_empty_split(ray_session, tiny_world):
+    from gleam.retrieval.embed import embed_gallery
+
+    with pytest.raises(ValueError, match="no shard with split='val'"):
+        embed_gallery(tiny_world["checkpoint"], tiny_world["data"], split="val")
+
+
+def write_photo_folder(folder, samples) -> dict[str, tuple[str, np.ndarray]]:
+    """3 uav + 3 ground query images (jpg and png) in modality folders, a corrupt jpg, a text file."""
+    from PIL import Image
+
+    expected = {}
+    for number, sample in enumerate(samples):
+        directory = folder / "flight" / sample.modality if sample.modality == "uav" else folder / sample.modality
+        directory.mkdir(parents=True, exist_ok=True)
+        image = sample.query_array()
+        path = directory / (f"img{number}.png" if number % 2 else f"IMG{number}.JPG")
+        Image.fromarray(image).save(path)
+        expected[str(path)] = (sample.modality, np.asarray(Image.open(path).convert("RGB")))
+    (folder / "ground" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return expected
+
+
+def test_localize_batch_folder(ray_session, tiny_world, built_index, tmp_path):
+    from gleam.retrieval.batch import LocalizeBatchConfig, ReadConfig, localize_batch, read_results
+    from gleam.retrieval.embed import Embedder
+
+    samples = [s for s in tiny_world["test"] if s.modality == "uav"][:3] + \
+        [s for s in tiny_world["test"] if s.modality == "ground"][:3]
+    photos = tmp_path / "photos"
+    expected = write_photo_folder(photos, samples)
+    output = str(tmp_path / "out")
+    report = localize_batch(LocalizeBatchConfig(input=str(photos), index=built_index[0], output=output, top_k=3,
+                                                read=ReadConfig(files_per_block=2)))
+    assert (report["images"], report["ok"], report["errors"]) == (7, 6, 1)
+    assert report["images_per_second"] > 0
+    rows = {row["path"]: row for row in read_results(output)}
+    broken = rows.pop(str(photos / "ground" / "broken.jpg"))
+    assert "cannot decode image" in broken["error"] and broken["top_ids"] == [] and broken["location_id"] is None
+    assert set(rows) == set(expected)
+    embedder, index = Embedder(tiny_world["checkpoint"]), GalleryIndex.load(built_index[0])
+    for path, (modality, image) in expected.items():
+        row = rows[path]
+        assert row["error"] is None and row["modality"] == modality
+        direct = index.search(embedder.embed([image], modality), 3)
+        assert row["top_ids"] == direct.ids[0].tolist()
+        assert row["location_id"] == direct.ids[0, 0] and row["latitude"] == direct.latitudes[0, 0]
+        np.testing.assert_allclose(row["top_scores"], direct.scores[0], atol=1e-5)
+    lines = [json.loads(line) for line in open(os.path.join(output, "results.jsonl"))]
+    assert len(lines) == 7 and {line["path"] for line in lines} == set(rows) | {broken["path"]}
+    assert json.load(open(os.path.join(output, "report.json")))["ok"] == 6
+
+
+def test_localize_batch_on_s3_with_fixed_modality(ray_session, tiny_world, built_index, s3_bucket):
+    from gleam import storage
+    from gleam.config import RayConfig
+    from gleam.data.schema import encode_jpeg
+    from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch, read_results
+
+    sample = tiny_world["test"][0]
+    storage.write_bytes(f"{s3_bucket}/in/a/one.jpg", encode_jpeg(sample.query_array()))
+    storage.write_bytes(f"{s3_bucket}/in/b/two.jpeg", sample.query_image)
+    report = localize_batch(LocalizeBatchConfig(input=f"{s3_bucket}/in", index=built_index[0],
+                                                output=f"{s3_bucket}/out", modality="uav", top_k=2,
+                                                ray=RayConfig(num_workers=1)))
+    assert (report["ok"], report["errors"]) == (2, 0)
+    rows = read_results(f"{s3_bucket}/out")
+    assert sorted(r["path"] for r in rows) == [f"{s3_bucket}/in/a/one.jpg", f"{s3_bucket}/in/b/two.jpeg"]
+    assert all(r["modality"] == "uav" and len(r["top_ids"]) == 2 for r in rows)
+    assert storage.exists(f"{s3_bucket}/out/results.jsonl") and storage.exists(f"{s3_bucket}/out/report.json")
+
+
+def test_localize_batch_config_errors(tiny_world, built_index, tmp_path):
+    from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch, modality_of
+
+    with pytest.raises(FileNotFoundError, match="not a gallery index"):
+        localize_batch(LocalizeBatchConfig(input=str(tmp_path), index=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="no images"):
+        localize_batch(LocalizeBatchConfig(input=str(tmp_path), index=built_index[0], output=str(tmp_path / "o")))
+    assert modality_of("/d/x/uav/trip/panorama/a.jpg", "/d", "auto", None) == "panorama"
+    assert modality_of("/d/uav/a.jpg", "/d/uav", "auto", "ground") == "ground"  # only below the root
+    assert modality_of("/d/a.jpg", "/d", "streetmap", None) == "streetmap"
+
+
+def test_job_configs_load():
+    from gleam.config import load_config
+    from gleam.retrieval.batch import LocalizeBatchConfig
+    from gleam.retrieval.build import BuildIndexConfig
+
+    config = load_config(BuildIndexConfig, os.path.join(ROOT, "configs", "build-index-local.yaml"))
+    assert (config.checkpoint, config.source, config.split, config.output) == (
+        "runs/gleam-c-local/final", "data/synth", "test", "runs/index-local")
+    assert config.index.kind == "auto" and config.ray.num_workers == 1
+    batch = load_config(LocalizeBatchConfig, None, ["input=s3://b/photos", "modality=uav", "top_k=3"])
+    assert batch.kind == "localize_batch" and batch.top_k == 3

@@ -1,0 +1,302 @@
+"""Serving end to end: a real `ray start --head` cluster, the gallery index built by a job
+submitted with `ray job submit`, the app started with `serve run`, real HTTP clients (httpx,
+concurrent requests that must batch) and the web page driven in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.slow
+
+
+def jpeg(seed: int, size: tuple[int, int] = (48, 48)) -> bytes:
+    from gleam.data.schema import encode_jpeg
+
+    rng = np.random.default_rng(seed)
+    return encode_jpeg(rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Gallery shards + an (untrained) GLEAM-C checkpoint + the tiny GLEAM-X model, an index
+    built by `ray job submit`, and `serve run` of a serve config on a free port."""
+    import httpx
+    import torch
+
+    from gleam.config import ShardConfig
+    from gleam.core.model import GleamEncoder, ModelConfig
+    from gleam.data.shards import write_manifest, write_part
+    from ray_cluster import cluster_env, start_head, tool
+    from samples import make_sample
+
+    root = tmp_path_factory.mktemp("serving")
+    torch.manual_seed(0)
+    checkpoint = str(root / "gleam-c")
+    GleamEncoder(ModelConfig(embedding_dim=32, image_size=48, panorama_size=[48, 96])).save_pretrained(checkpoint)
+    samples = [make_sample(i, modality="uav", split="test", size=48) for i in range(16)]
+    samples += [make_sample(100 + i, modality="satellite", split="test", size=48) for i in range(8)]
+    data = str(root / "data")
+    write_manifest(data, [write_part(data, "test", lambda: samples, ShardConfig(max_samples=10))], dataset="tiny")
+    explainer = quick_explainer(root, samples)
+
+    cluster = start_head()
+    serve_process = None
+    try:
+        index = str(root / "index")
+        submit = cluster.submit([sys.executable, os.path.join(ROOT, "jobs", "build_index.py"),
+                                 "--config", os.path.join(ROOT, "configs", "build-index-local.yaml"),
+                                 f"checkpoint={checkpoint}", f"source={data}", "split=test", f"output={index}",
+                                 "ray.cpus_per_worker=0.5"])
+        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), \
+            submit.stdout[-4000:] + submit.stderr[-2000:]
+        port = free_port()
+        config = yaml.safe_load(open(os.path.join(ROOT, "configs", "serve-local.yaml")))
+        config["http_options"]["port"] = port
+        application = config["applications"][0]
+        application["args"] = {"index": index, "checkpoint": checkpoint, "explainer": explainer, "device": "cpu",
+                               "max_new_tokens": 24, "explain_top": 2, "max_image_bytes": 200_000,
+                               "retriever": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
+        serve_config = root / "serve.yaml"
+        serve_config.write_text(yaml.safe_dump(config))
+        log = open(root / "serve.log", "w")
+        serve_process = subprocess.Popen([tool("serve"), "run", f"--address={cluster.address}", str(serve_config)],
+                                         env=cluster_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if serve_process.poll() is not None or time.time() > deadline:
+                raise AssertionError("serve run did not come up:\n" + (root / "serve.log").read_text()[-5000:])
+            time.sleep(1)
+        yield {"url": url, "samples": samples, "checkpoint": checkpoint, "index": index, "root": root}
+    finally:
+        if serve_process is not None:
+            serve_process.terminate()
+            try:
+                serve_process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve_process.kill()
+        cluster.stop()
+
+
+ANSWERS = {"en": "Both images show a roundabout to the north. Verdict: match",
+           "zh": "两张图的北侧都有环形交叉口。结论：匹配"}
+
+
+def quick_explainer(root, samples) -> str:
+    """The tiny GLEAM-X, fitted for a few steps to answer in the asked language (so the test can
+    check language and verdict end to end), merged and saved like jobs/train_explain.py does."""
+    import numpy as np
+    import torch
+
+    from gleam import storage
+    from gleam.explain.model import LoraSettings, build_tiny_vlm, collate, load_vlm, merge_and_save
+    from gleam.explain.prompts import instruction
+    from gleam.explain.train import EXPLAIN_META
+    from types import SimpleNamespace
+
+    base = build_tiny_vlm(str(root / "tiny-base"), list(ANSWERS.values()) * 20 + [
+        instruction(language, "uav", np.random.default_rng(0)) for language in ANSWERS] * 20)
+    torch.manual_seed(0)
+    model, processor = load_vlm(base, LoraSettings(r=8, alpha=16, dropout=0.0, train_projector=True,
+                                                   modules_to_save=["embed_tokens", "lm_head"]))
+    examples = [SimpleNamespace(query_image=s.query_image, satellite_image=s.satellite_image, answer=ANSWERS[lang],
+                                instruction=instruction(lang, "uav", np.random.default_rng(0)))
+                for s in samples[:3] for lang in ANSWERS]
+    batch = collate(examples, processor, 56, 256)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(30):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = merge_and_save(model, processor, str(root / "gleam-x"))
+    storage.write_json(os.path.join(folder, EXPLAIN_META), {"gleam_image_size": 56})
+    return folder
+
+
+def direct_top_k(served, image_bytes: bytes, modality: str, k: int) -> list[dict]:
+    """What the endpoint must answer: the same encoder and index, called in this process."""
+    from gleam.data.schema import decode_image
+    from gleam.retrieval.embed import Embedder
+    from gleam.retrieval.index import GalleryIndex
+
+    embedder = Embedder(served["checkpoint"], device="cpu")
+    index = GalleryIndex.load(served["index"])
+    return index.search(embedder.embed([decode_image(image_bytes)], modality), k)[0]
+
+
+def test_healthz_and_gallery(served):
+    import httpx
+
+    health = httpx.get(served["url"] + "/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["retriever"]["gallery"] == 24
+    assert health["explainer"] is not None and health["languages"] == ["en", "zh"]
+    gallery = httpx.get(served["url"] + "/v1/gallery", timeout=30).json()
+    assert gallery["count"] == 24 and len(gallery["lat"]) == 24
+
+
+def test_localize_finds_a_gallery_tile_and_matches_direct_search(served):
+    import httpx
+
+    sample = served["samples"][5]
+    response = httpx.post(served["url"] + "/v1/localize", files={"image": ("tile.jpg", sample.satellite_image)},
+                          data={"modality": "satellite", "top_k": "3"}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [c["rank"] for c in body["candidates"]] == [1, 2, 3]
+    top = body["candidates"][0]
+    assert top["id"] == sample.location_id and top["score"] > 0.999
+    assert abs(top["lat"] - sample.latitude) < 1e-9 and abs(top["lon"] - sample.longitude) < 1e-9
+    tile = httpx.get(served["url"] + f"/v1/tiles/{top['id']}", timeout=30)
+    assert tile.status_code == 200 and tile.content == sample.satellite_image
+
+    query = served["samples"][2].query_image
+    body = httpx.post(served["url"] + "/v1/localize", timeout=60,
+                      json={"image": base64.b64encode(query).decode(), "modality": "uav", "top_k": 5}).json()
+    expected = direct_top_k(served, query, "uav", 5)
+    assert [c["id"] for c in body["candidates"]] == [h["id"] for h in expected]
+    np.testing.assert_allclose([c["score"] for c in body["candidates"]], [h["score"] for h in expected], atol=1e-5)
+
+
+def test_localize_with_explanations_in_both_languages(served):
+    import httpx
+
+    query = served["samples"][1].query_image
+    for language in ("en", "zh"):
+        response = httpx.post(served["url"] + "/v1/localize", timeout=120,
+                              files={"image": ("q.jpg", query)},
+                              data={"modality": "uav", "top_k": "4", "explain": "true", "language": language})
+        assert response.status_code == 200, response.text
+        candidates = response.json()["candidates"]
+        explained = [c for c in candidates if "explanation" in c]
+        assert len(explained) == 2
+        for candidate in explained:  # the fitted tiny model answers in the asked language, with a verdict
+            assert candidate["language"] == language and candidate["verdict"] == "match", candidate
+            assert candidate["explanation"].endswith(ANSWERS[language].split()[-1]), candidate
+    tile_id = served["samples"][1].location_id
+    response = httpx.post(served["url"] + "/v1/explain", timeout=120,
+                          json={"query": base64.b64encode(query).decode(), "tile_id": tile_id,
+                                "modality": "uav", "language": "zh"})
+    assert response.status_code == 200, response.text
+    assert response.json()["language"] == "zh" and "结论" in response.json()["explanation"]
+
+
+def test_batch_endpoint_keeps_bad_images_as_errors(served):
+    import httpx
+
+    images = [{"id": f"q{i}", "image": base64.b64encode(served["samples"][i].query_image).decode()} for i in range(4)]
+    images.insert(2, {"id": "broken", "image": base64.b64encode(b"not an image at all").decode()})
+    response = httpx.post(served["url"] + "/v1/localize/batch", timeout=120,
+                          json={"images": images, "modality": "uav", "top_k": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 5 and body["errors"] == 1
+    assert body["results"][2]["error"]["status"] == 415 and "images[2]" in body["results"][2]["error"]["field"]
+    for position, sample_index in ((0, 0), (1, 1), (3, 2), (4, 3)):
+        result = body["results"][position]
+        expected = direct_top_k(served, served["samples"][sample_index].query_image, "uav", 2)
+        assert [c["id"] for c in result["candidates"]] == [h["id"] for h in expected]
+
+
+def test_concurrent_requests_are_batched(served):
+    import httpx
+
+    before = httpx.get(served["url"] + "/healthz", timeout=30).json()["retriever"]["batching"]
+
+    def one(i: int) -> int:
+        sample = served["samples"][i % 16]
+        return httpx.post(served["url"] + "/v1/localize", files={"image": ("q.jpg", sample.query_image)},
+                          data={"modality": "uav", "top_k": "1"}, timeout=120).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(32)))
+    assert codes == [200] * 32
+    after = httpx.get(served["url"] + "/healthz", timeout=30).json()["retriever"]["batching"]
+    batches, requests = after["batches"] - before["batches"], after["requests"] - before["requests"]
+    assert requests == 32
+    assert after["max_batch"] > 1 and batches < requests  # concurrent requests shared forward passes
+
+
+@pytest.mark.parametrize("request_kwargs, status, field", [
+    ({"files": {"image": ("x.txt", b"plain text, not pixels")}}, 415, "image"),
+    ({"files": {"image": ("big.jpg", b"\xff" * 300_000)}}, 413, "image"),
+    ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"language": "fr"}}, 422, "language"),
+    ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"modality": "thermal"}}, 422, "modality"),
+    ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"top_k": "0"}}, 422, "top_k"),
+    ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"colour": "red"}}, 422, "colour"),
+    ({"data": {"modality": "uav"}}, 422, "image"),
+    ({"json": {"image": "%%% not base64"}}, 422, "image"),
+    ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+])
+def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(served, request_kwargs, status, field):
+    import httpx
+
+    response = httpx.post(served["url"] + "/v1/localize", timeout=60, **request_kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and len(error["message"]) > 10
+    assert httpx.get(served["url"] + "/healthz", timeout=30).status_code == 200
+
+
+def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("Chromium is not installed: `apt-get install chromium` (./run.sh test does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    sample = served["samples"][7]
+    upload = tmp_path / "tile.jpg"
+    upload.write_bytes(sample.satellite_image)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(served["url"] + "/")
+            page.wait_for_selector("circle.gallery-point", state="attached", timeout=30_000)
+            assert page.locator("circle.gallery-point").count() == 24
+            page.set_input_files("#image", str(upload))
+            page.select_option("#modality", "satellite")
+            page.fill("#top_k", "4")
+            page.uncheck("#explain")
+            page.click("#submit")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            cards = page.locator("#results .card")
+            assert cards.count() == 4
+            assert cards.nth(0).get_attribute("data-id") == sample.location_id
+            assert page.locator("circle.hit").count() == 4
+            assert page.locator("circle.hit").first.get_attribute("data-id") == sample.location_id
+            # the tile image of the best candidate really loaded
+            assert page.eval_on_selector("#results .card img", "img => img.complete && img.naturalWidth") > 0
+            page.screenshot(path=str(served["root"] / "page.png"))
+            # a non-image upload shows the server's message, not a crash
+            bad = tmp_path / "notes.jpg"
+            bad.write_bytes(b"just text")
+            page.set_input_files("#image", str(bad))
+            page.click("#submit")
+            page.wait_for_function("document.querySelector('#error').textContent.includes('415')", timeout=30_000)
+        finally:
+            browser.close()
