@@ -3,6 +3,7 @@
 #   ./run.sh test [pytest args]   runs the test suite
 #   ./run.sh demo [overrides]     synthetic world -> shards -> GLEAM-C training (local Ray);
 #                                 overrides go to jobs/train_core.py
+#   ./run.sh serve                gallery index + GLEAM-X (after demo), then `serve run` on :8000
 #   ./run.sh bench                runs the benchmarks (JSON under benchmarks/results/)
 #   ./run.sh setup                only installs
 set -euo pipefail
@@ -44,9 +45,16 @@ case "$command" in
     "$PY" jobs/train_core.py --config configs/local-cpu.yaml "$@"
     "$PY" jobs/contact_sheet.py --out runs/contact_sheet.png --locations 4 --seed 0
     ;;
+  serve)
+    setup
+    [ -f runs/gleam-c-local/final/config.json ] || "$0" demo
+    "$PY" jobs/build_index.py --config configs/build-index-local.yaml
+    [ -f runs/gleam-x-local/final/config.json ] || "$PY" jobs/train_explain.py --config configs/explain-local.yaml
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/serve" run configs/serve-local.yaml
+    ;;
   bench)
     setup
     for bench in benchmarks/bench_*.py; do "$PY" "$bench"; done
     ;;
-  *) echo "usage: ./run.sh {setup|test|demo|bench} [args]" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh {setup|test|demo|serve|bench} [args]" >&2; exit 2 ;;
 esac

@@ -17,9 +17,10 @@ from gleam.config import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow
+EPOCHS = 20
 
 TRAIN_OVERRIDES = [
-    "ray.num_workers=2", "train.per_worker_batch=6", "train.eval_batch=16", "train.max_new_tokens=96",
+    "ray.num_workers=2", "train.per_worker_batch=6", "train.eval_batch=16", "train.max_new_tokens=128",
     "model.image_size=56", "model.max_length=320", "data.max_val_examples=24",
     "lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
     "lora.modules_to_save=[embed_tokens, lm_head]",
@@ -51,7 +52,7 @@ def trained(world, tmp_path_factory):
     from gleam.explain.train import train_explain
 
     output = str(tmp_path_factory.mktemp("explain-runs"))
-    summary = train_explain(config_for(world, output, "learn", 10))
+    summary = train_explain(config_for(world, output, "learn", EPOCHS))
     return output, summary
 
 
@@ -59,7 +60,7 @@ def test_fine_tuning_learns_well_formed_bilingual_explanations(trained):
     output, summary = trained
     run_dir = os.path.join(output, "learn")
     history = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert [h["epoch"] for h in history] == list(range(10))
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
     print({"loss": [round(h["loss"], 3) for h in history], "eval": summary["eval"]})
     assert history[-1]["loss"] < 0.3 * history[0]["loss"]
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"]
@@ -90,7 +91,7 @@ def test_merged_model_loads_and_is_scored_by_the_evaluate_job(trained, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["examples"] == 8 and report["match"]["support"] == 8
-    assert set(report["groups"]) == {"language", "modality"}
+    assert {"language", "modality"} <= set(report["groups"])
     assert report["load_report"]["skipped_count"] == 0
 
 
@@ -101,9 +102,10 @@ def test_resume_and_training_from_exported_conversations(trained, world):
     run_dir = os.path.join(output, "learn")
     before = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     # same run name, two more epochs: resumes from the last checkpoint instead of starting over
-    summary = train_explain(config_for(world, output, "learn", 11))
+    summary = train_explain(config_for(world, output, "learn", EPOCHS + 1, "data.max_val_examples=4"))
     after = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert len(after) == 11 and after[:10] == before and summary["epochs"] == 11
+    assert len(after) == EPOCHS + 1 and after[:EPOCHS] == before and summary["epochs"] == EPOCHS + 1
     # the exported conversations are a training source of their own (the importer's format)
-    summary = train_explain(config_for(os.path.join(run_dir, "data"), output, "from-json", 1))
+    summary = train_explain(config_for(os.path.join(run_dir, "data"), output, "from-json", 1,
+                                       "data.max_val_examples=4"))
     assert summary["data"]["format"] == "conversations" and summary["data"]["train_examples"] == 96
