@@ -47,6 +47,7 @@ def make_tree(root: Path, classes: int, drones: int, size: int) -> int:
         for d in range(drones):
             image(root / f"train/drone/{train}/image-{d:02d}.jpeg", c * 31 + d)
         image(root / f"test/gallery_satellite/{test}/{test}.jpg", c + 3)
+        image(root / f"test/query_street/{test}/s.jpg", c + 5)
         for d in range(drones):
             image(root / f"test/query_drone/{test}/image-{d:02d}.jpeg", c * 17 + d)
     return files

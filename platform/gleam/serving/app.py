@@ -410,7 +410,8 @@ def build_app(config: ServeAppConfig) -> Any:
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "languages": list(config.languages)}
-    return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options={"num_cpus": 0.1}).bind(
+    return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options={"num_cpus": 0.1},
+                           max_ongoing_requests=config.ingress_max_ongoing_requests).bind(
         retriever, explainer, settings)
 
 

@@ -55,3 +55,5 @@ class ServeAppConfig:
     explainer_deployment: DeploymentSection = field(
         default_factory=lambda: DeploymentSection(max_batch_size=4, batch_wait_timeout_s=0.05))
     ingress_replicas: int = 1
+    # Serve's default (5) would cap the requests in flight, and so the Retriever's batches, at 5
+    ingress_max_ongoing_requests: int = 128
