@@ -81,3 +81,17 @@ def test_training_set_fetches_resized_pixels_by_row(ray_session, tmp_path):
         np.testing.assert_array_equal(item["satellite"], resize(sample.satellite_array(), (24, 24)))
     assert list(training.gallery_rows()) == sorted(training.gallery_rows())
     assert len(training.gallery_rows()) == len(set(training.location_ids))
+
+
+def test_samples_without_coordinates_get_nan_not_a_fake_place():
+    """Sources without coordinates write 0/0 with metadata.coordinates_known=false (the schema
+    needs numbers); rows turn that into NaN so no metric or map takes 0/0 for a place."""
+    import math
+
+    from gleam.data.pipeline import sample_to_row
+
+    sample = make_sample(1)
+    assert sample_to_row(sample, decode=False)["latitude"] == sample.latitude
+    sample.metadata = {"coordinates_known": False}
+    row = sample_to_row(sample, decode=False)
+    assert math.isnan(row["latitude"]) and math.isnan(row["longitude"])

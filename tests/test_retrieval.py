@@ -314,3 +314,12 @@ def test_job_configs_load():
     assert config.index.kind == "auto" and config.ray.num_workers == 1
     batch = load_config(LocalizeBatchConfig, None, ["input=s3://b/photos", "modality=uav", "top_k=3"])
     assert batch.kind == "localize_batch" and batch.top_k == 3
+
+
+def test_hits_without_coordinates_are_null_in_json():
+    vectors = unit_rows(np.random.default_rng(3).normal(size=(4, 8)))
+    index = GalleryIndex.build(vectors, ["a", "b", "c", "d"], [1.0, np.nan, 2.0, np.nan], [3.0, np.nan, 4.0, np.nan],
+                               IndexConfig(kind="flat"))
+    hits = {hit["id"]: hit for hit in index.search(vectors, 4)[0]}
+    assert hits["a"]["lat"] == 1.0 and hits["b"]["lat"] is None and hits["b"]["lon"] is None
+    json.dumps(hits, allow_nan=False)  # what the HTTP layer does: NaN would be a 500

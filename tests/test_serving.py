@@ -290,7 +290,9 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
             assert page.locator("circle.hit").count() == 4
             assert page.locator("circle.hit").first.get_attribute("data-id") == sample.location_id
             # the tile image of the best candidate really loaded
-            assert page.eval_on_selector("#results .card img", "img => img.complete && img.naturalWidth") > 0
+            page.wait_for_function(  # images load after the cards appear
+                "() => { const img = document.querySelector('#results .card img');"
+                " return img.complete && img.naturalWidth > 0; }", timeout=30_000)
             page.screenshot(path=str(served["root"] / "page.png"))
             # a non-image upload shows the server's message, not a crash
             bad = tmp_path / "notes.jpg"

@@ -147,12 +147,17 @@ def evaluate_split(model, dataset: Any, batch: int, device, mean, std, rank: int
         raise ValueError("the evaluation split has no query samples")
     query_embeddings = distributed_embed(model, dataset, query_rows, "query", batch, device, mean, std, rank, world)
     gallery_embeddings = distributed_embed(model, dataset, gallery_rows, "satellite", batch, device, mean, std, rank, world)
+    query_latlon = np.stack([dataset.latitudes[query_rows], dataset.longitudes[query_rows]], axis=1)
+    gallery_latlon = np.stack([dataset.latitudes[gallery_rows], dataset.longitudes[gallery_rows]], axis=1)
+    located = bool(np.isfinite(query_latlon).all() and np.isfinite(gallery_latlon).all())
+    if not located:  # a source without coordinates (metadata.coordinates_known=false): no error in metres
+        log.info("evaluation: some samples have no coordinates; localisation error is left out")
     return evaluate_retrieval(
         query_embeddings, [dataset.location_ids[r] for r in query_rows],
         gallery_embeddings, [dataset.location_ids[r] for r in gallery_rows],
         query_modalities=[dataset.modalities[r] for r in query_rows],
-        query_latlon=np.stack([dataset.latitudes[query_rows], dataset.longitudes[query_rows]], axis=1),
-        gallery_latlon=np.stack([dataset.latitudes[gallery_rows], dataset.longitudes[gallery_rows]], axis=1),
+        query_latlon=query_latlon if located else None,
+        gallery_latlon=gallery_latlon if located else None,
         both_directions=True,
     )
 

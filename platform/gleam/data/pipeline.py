@@ -38,15 +38,21 @@ ROWS_PER_BLOCK = 64
 
 
 def sample_to_row(sample: Sample, decode: bool = True) -> dict[str, Any]:
-    """One dataset row for a sample (see the module docstring for the columns)."""
+    """One dataset row for a sample (see the module docstring for the columns).
+
+    A sample whose source has no coordinates (``metadata.coordinates_known`` false, e.g.
+    University-1652) gets NaN latitude/longitude here, so nothing downstream mistakes its
+    placeholder 0/0 for a place: evaluation leaves localisation error out, GPS batches refuse.
+    """
+    known = not (isinstance(sample.metadata, dict) and sample.metadata.get("coordinates_known") is False)
     return {
         "key": sample.key,
         "location_id": sample.location_id,
         "modality": sample.modality,
         "split": sample.split,
         "source": sample.source,
-        "latitude": float(sample.latitude),
-        "longitude": float(sample.longitude),
+        "latitude": float(sample.latitude) if known else float("nan"),
+        "longitude": float(sample.longitude) if known else float("nan"),
         "heading": None if sample.heading is None else float(sample.heading),
         "metadata": json.dumps(sample.metadata, ensure_ascii=False),
         "query": sample.query_array() if decode else sample.query_image,
