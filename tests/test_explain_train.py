@@ -109,3 +109,54 @@ def test_resume_and_training_from_exported_conversations(trained, world):
     summary = train_explain(config_for(os.path.join(run_dir, "data"), output, "from-json", 1,
                                        "data.max_val_examples=4"))
     assert summary["data"]["format"] == "conversations" and summary["data"]["train_examples"] == 96
+
+
+def test_hard_negatives_come_from_a_gleam_c_checkpoint(world, tmp_path):
+    """data.retrieval_checkpoint: negatives are GLEAM-C's most similar wrong tiles."""
+    import numpy as np
+    import torch
+
+    from gleam.core.model import GleamEncoder, ModelConfig
+    from gleam.explain.train import build_datasets
+    from gleam.retrieval.embed import Embedder
+
+    torch.manual_seed(0)
+    checkpoint = str(tmp_path / "gleam-c")
+    GleamEncoder(ModelConfig(embedding_dim=16, image_size=32, panorama_size=[32, 64])).save_pretrained(checkpoint)
+    config = config_for(world, str(tmp_path / "runs"), "hard", 1, f"data.retrieval_checkpoint={checkpoint}",
+                        "data.hard_fraction=1.0")
+    train, val, fit, report = build_datasets(config)
+    hard = [e for e in train if e.negative == "hard"]
+    assert report["hard_negatives"] and len(hard) >= 0.9 * sum(not e.match for e in train)
+    # a hard negative's tile is among the 5 tiles the encoder puts closest to one of the
+    # location's query views (its own tile excluded); views of one location share their neighbours
+    embedder = Embedder(checkpoint, device="cpu")
+    from gleam.data.schema import decode_image
+
+    tiles, views = {}, {}
+    for example in train:
+        tiles.setdefault(example.satellite_location_id, example.satellite_image)
+        views.setdefault(example.location_id, {})[example.modality] = example.query_image
+    ids = sorted(tiles)
+    gallery = embedder.embed([decode_image(tiles[i]) for i in ids], "satellite")
+    for example in hard[:8]:
+        close = set()
+        for modality, image in views[example.location_id].items():
+            query = embedder.embed([decode_image(image)], modality)[0]
+            close |= set([ids[i] for i in np.argsort(-(gallery @ query)) if ids[i] != example.location_id][:5])
+        assert example.satellite_location_id in close, (example.location_id, example.satellite_location_id)
+
+
+def test_deepspeed_config_for_zero_2_and_3():
+    from gleam.explain.train import DeepSpeedSection, ExplainOptimSection, deepspeed_config
+
+    optim = ExplainOptimSection(lr=1e-4, warmup_steps=10, grad_clip=1.0)
+    two = deepspeed_config(DeepSpeedSection(enabled=True, stage=2), 4, optim, total_steps=100)
+    assert two["zero_optimization"]["stage"] == 2 and two["train_micro_batch_size_per_gpu"] == 4
+    assert two["optimizer"]["params"]["lr"] == 1e-4 and two["scheduler"]["params"]["total_num_steps"] == 100
+    three = deepspeed_config(DeepSpeedSection(enabled=True, stage=3, offload_optimizer=True), 2, optim, 5)
+    assert three["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert three["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert three["scheduler"]["params"]["warmup_num_steps"] == 4  # never the whole run
+    with pytest.raises(ValueError, match="stage"):
+        deepspeed_config(DeepSpeedSection(enabled=True, stage=1), 2, optim, 5)
