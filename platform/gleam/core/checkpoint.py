@@ -68,10 +68,12 @@ def load_trainer_state(directory: str) -> dict[str, Any]:
         return json.load(handle)
 
 
-def restore_checkpoint(directory: str, model: GleamEncoder, optimizer: torch.optim.Optimizer | None,
+def restore_checkpoint(directory: str, model: GleamEncoder | None, optimizer: torch.optim.Optimizer | None,
                        scheduler: Any = None, scaler: Any = None) -> dict[str, Any]:
-    """Load weights (and optimizer/scheduler/scaler when given) from ``directory``; returns the state."""
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    """Load weights (unless ``model`` is None: already loaded) and optimizer/scheduler/scaler
+    when given from ``directory``; returns the state."""
+    if model is not None:
+        model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     state = load_trainer_state(directory)
     if optimizer is not None:
         tensors = load_file(os.path.join(directory, OPTIMIZER_WEIGHTS))

@@ -313,7 +313,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             group["lr"] = group["initial_lr"] = phase.lr
         scheduler = cosine_with_warmup(optimizer, steps * phase.epochs, phase.warmup_steps, phase.min_lr_ratio)
         if checkpoint_dir is not None and phase_index == state["phase"] and start_epoch > 0:
-            restore_checkpoint(checkpoint_dir, encoder, optimizer, scheduler)
+            restore_checkpoint(checkpoint_dir, None, optimizer, scheduler)  # weights: loaded above
         elif phase_index > 0 and start_epoch == 0 and "logit_scale" not in phase.carry_over:
             with torch.no_grad():
                 encoder.logit_scale.fill_(config.model.logit_scale_init)
