@@ -1,7 +1,7 @@
 """GLEAM-X on Ray Train, tested by learning: the tiny Qwen2.5-VL (built from config, tokenizer
 trained on the data's own English + Chinese text) fine-tuned with LoRA on the synthetic world
 must learn to write well-formed bilingual explanations; the run resumes, exports its data as
-conversations, trains from such conversations, and jobs/evaluate_explain.py scores its model."""
+conversations that read back as a training source, and jobs/evaluate_explain.py scores its model."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_merged_model_loads_and_is_scored_by_the_evaluate_job(trained, tmp_path)
     assert report["load_report"]["skipped_count"] == 0
 
 
-def test_resume_and_training_from_exported_conversations(trained, world):
+def test_resume_and_exported_conversations_as_a_source(trained, world):
     from gleam.explain.train import train_explain
 
     output, _ = trained
@@ -105,10 +105,15 @@ def test_resume_and_training_from_exported_conversations(trained, world):
     summary = train_explain(config_for(world, output, "learn", EPOCHS + 1, "data.max_val_examples=4"))
     after = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert len(after) == EPOCHS + 1 and after[:EPOCHS] == before and summary["epochs"] == EPOCHS + 1
-    # the exported conversations are a training source of their own (the importer's format)
-    summary = train_explain(config_for(os.path.join(run_dir, "data"), output, "from-json", 1,
-                                       "data.max_val_examples=4"))
-    assert summary["data"]["format"] == "conversations" and summary["data"]["train_examples"] == 96
+    # the exported conversations are a training source of their own (the importer's format):
+    # the same examples come back, in the same order, ready for the same training loop
+    from gleam.explain.train import build_datasets
+
+    exported, _, fit, report = build_datasets(config_for(os.path.join(run_dir, "data"), output, "from-json", 1))
+    assert report["format"] == "conversations" and report["train_examples"] == 96 and fit == []
+    assert report["train_load_report"]["skipped_count"] == 0
+    original = json.load(open(os.path.join(run_dir, "data", "train.json")))
+    assert [e.answer for e in exported] == [r["conversations"][1]["value"] for r in original]
 
 
 def test_hard_negatives_come_from_a_gleam_c_checkpoint(world, tmp_path):
