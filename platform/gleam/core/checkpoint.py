@@ -46,16 +46,27 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+def save_optimizer(directory: str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's tensors to ``optimizer.safetensors`` in ``directory``; returns the rest
+    (param groups, scalars) for the caller's JSON state."""
+    tensors, rest = _split_optimizer_state(optimizer.state_dict())
+    save_file(tensors, os.path.join(directory, OPTIMIZER_WEIGHTS))
+    return rest
+
+
+def load_optimizer(directory: str, optimizer: torch.optim.Optimizer, rest: dict[str, Any]) -> None:
+    """Restore what ``save_optimizer`` wrote (``rest`` is what it returned)."""
+    optimizer.load_state_dict(_join_optimizer_state(load_file(os.path.join(directory, OPTIMIZER_WEIGHTS)), rest))
+
+
 def save_checkpoint(directory: str, model: GleamEncoder, optimizer: torch.optim.Optimizer,
                     scheduler: Any, trainer_state: dict[str, Any], scaler: Any = None) -> None:
     """Write everything needed to resume into local ``directory``."""
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory)
-    tensors, rest = _split_optimizer_state(optimizer.state_dict())
-    save_file(tensors, os.path.join(directory, OPTIMIZER_WEIGHTS))
     state = {
         **trainer_state,
-        "optimizer": rest,
+        "optimizer": save_optimizer(directory, optimizer),
         "scheduler": scheduler.state_dict(),  # LambdaLR: plain numbers; lambdas are stored as None
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
@@ -76,8 +87,7 @@ def restore_checkpoint(directory: str, model: GleamEncoder | None, optimizer: to
         model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
     state = load_trainer_state(directory)
     if optimizer is not None:
-        tensors = load_file(os.path.join(directory, OPTIMIZER_WEIGHTS))
-        optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+        load_optimizer(directory, optimizer, state["optimizer"])
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):

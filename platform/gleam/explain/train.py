@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -35,9 +34,7 @@ from gleam.explain.model import LoraSettings, VLMConfig
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_WEIGHTS = "trainable.safetensors"
-OPTIMIZER_WEIGHTS = "optimizer.safetensors"
-TRAINER_STATE = "trainer_state.json"
+TRAINABLE_WEIGHTS = "trainable.safetensors"  # beside core.checkpoint's optimizer and trainer-state files
 EXPLAIN_META = "gleam_explain.json"
 
 
@@ -136,16 +133,6 @@ def deepspeed_config(section: DeepSpeedSection, per_worker_batch: int, optim: Ex
 # --------------------------------------------------------------------------- worker
 
 
-def _lr_lambda(total: int, warmup: int, floor: float):
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _epoch_batches(count: int, epoch: int, seed: int, rank: int, world: int, batch: int,
                    max_steps: int) -> list[np.ndarray]:
     """This rank's batches of one epoch: one global shuffle, ranks take interleaved slices, all
@@ -167,16 +154,14 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def _save_checkpoint(folder: str, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from gleam.core.checkpoint import _split_optimizer_state
+    from gleam.core.checkpoint import TRAINER_STATE, save_optimizer
     from gleam.explain.model import trainable_state_dict
 
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()},
               os.path.join(folder, TRAINABLE_WEIGHTS))
     record = dict(state)
     if optimizer is not None:
-        tensors, rest = _split_optimizer_state(optimizer.state_dict())
-        save_file(tensors, os.path.join(folder, OPTIMIZER_WEIGHTS))
-        record["optimizer"] = rest
+        record["optimizer"] = save_optimizer(folder, optimizer)
     if scheduler is not None:
         record["scheduler"] = scheduler.state_dict()
     with open(os.path.join(folder, TRAINER_STATE), "w", encoding="utf-8") as handle:
@@ -186,15 +171,13 @@ def _save_checkpoint(folder: str, model: Any, optimizer: Any, scheduler: Any, st
 def _load_checkpoint(folder: str, model: Any, optimizer: Any = None, scheduler: Any = None) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    from gleam.core.checkpoint import _join_optimizer_state
+    from gleam.core.checkpoint import load_optimizer, load_trainer_state
     from gleam.explain.model import load_trainable_state_dict
 
     load_trainable_state_dict(model, load_file(os.path.join(folder, TRAINABLE_WEIGHTS)))
-    with open(os.path.join(folder, TRAINER_STATE), encoding="utf-8") as handle:
-        state = json.load(handle)
+    state = load_trainer_state(folder)
     if optimizer is not None and "optimizer" in state:
-        optimizer.load_state_dict(_join_optimizer_state(load_file(os.path.join(folder, OPTIMIZER_WEIGHTS)),
-                                                        state["optimizer"]))
+        load_optimizer(folder, optimizer, state["optimizer"])
     if scheduler is not None and state.get("scheduler"):
         scheduler.load_state_dict(state["scheduler"])
     return state
@@ -252,9 +235,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                                                config=ds_config)
         wrapped = engine
     else:
+        from gleam.core.phases import cosine_with_warmup
+
         optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(total_steps, config.optim.warmup_steps, config.optim.min_lr_ratio))
+        scheduler = cosine_with_warmup(optimizer, total_steps, config.optim.warmup_steps, config.optim.min_lr_ratio)
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
 
     state: dict[str, Any] = {"epoch": -1, "global_step": 0, "history": []}

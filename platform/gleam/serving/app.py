@@ -322,10 +322,9 @@ class Ingress:
                         check_fields(entry, {"image", "modality", "top_k", "id"}, where)
                         image_bytes, image = decode_base64_image(entry.get("image"), where + ".image",
                                                                  self.s["max_image_bytes"])
-                        options = {**defaults, **{k: v for k, v in self._options(
-                            {**{"top_k": defaults["top_k"], "modality": defaults["modality"],
-                                "language": defaults["language"], "explain": defaults["explain"]},
-                             **{k: entry[k] for k in ("modality", "top_k") if k in entry}}, where + ".").items()}}
+                        # an entry may override the request's modality and top_k
+                        options = self._options({**defaults, **{k: entry[k] for k in ("modality", "top_k")
+                                                                if k in entry}}, where + ".")
                         ident = str(entry.get("id", position))
                     parsed.append(LocalizeRequest(image_bytes, image, **options, id=ident))
                 except RequestError as error:
