@@ -66,7 +66,7 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(_strip_file_scheme(base), *parts)
 
 
-def _explain(error: BaseException, url: str, action: str) -> StorageError:
+def explain_error(error: BaseException, url: str, action: str) -> StorageError:
     """Turn a low-level error into a message naming the URL, the cause and the fix."""
     name = type(error).__name__
     text = str(error)
@@ -100,13 +100,13 @@ def _errors(url: str, action: str) -> Iterator[None]:
         raise
     except FileNotFoundError as error:
         if url.startswith("s3://") and action == "write":
-            raise _explain(error, url, action) from error
+            raise explain_error(error, url, action) from error
         raise FileNotFoundError(f"{url}: not found") from None
     except Exception as error:  # botocore/aiobotocore errors have no common base we can import
         if type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs") or isinstance(
             error, PermissionError
         ):
-            raise _explain(error, url, action) from error
+            raise explain_error(error, url, action) from error
         raise
 
 

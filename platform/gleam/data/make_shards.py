@@ -181,11 +181,9 @@ def make_shards(config: MakeShardsConfig) -> dict[str, Any]:
 
 
 def _check(config: MakeShardsConfig) -> None:
-    from gleam.data.schema import query_modalities
+    from gleam.data.schema import check_query_modalities
 
-    unknown = [m for m in config.synth.modalities if m not in query_modalities()]
-    if unknown:
-        raise ValueError(f"synth.modalities: {unknown} unknown; choose from {list(query_modalities())}")
+    check_query_modalities(config.synth.modalities, "synth.modalities")
     from gleam.data.synth import BIOME_NAMES
 
     unknown_biomes = [b for b in config.synth.biomes if b not in BIOME_NAMES]

@@ -21,7 +21,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
@@ -60,6 +60,13 @@ def modalities() -> tuple[str, ...]:
 
 def query_modalities() -> tuple[str, ...]:
     return tuple(m for m in modalities() if m != SATELLITE_ONLY)
+
+
+def check_query_modalities(names: Iterable[str], key: str) -> None:
+    """Raise a ValueError naming config ``key`` when ``names`` holds an unknown query modality."""
+    unknown = [m for m in names if m not in query_modalities()]
+    if unknown:
+        raise ValueError(f"{key}: {unknown} unknown; choose from {list(query_modalities())}")
 
 
 @dataclass

@@ -87,7 +87,7 @@ def list_images(url: str, extensions: list[str]) -> list[str]:
     except FileNotFoundError:
         raise
     except Exception as error:  # credentials, missing bucket: storage's messages say how to fix
-        raise storage._explain(error, url, "list") from error
+        raise storage.explain_error(error, url, "list") from error
     files = sorted(p for p in found if p.lower().endswith(wanted))
     if storage.is_remote(url):
         scheme = url.split("://", 1)[0]

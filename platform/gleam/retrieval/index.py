@@ -76,7 +76,7 @@ class SearchResult:
         """The hits of one query, best first, as JSON-ready dicts ``{rank, id, score, lat, lon}``
         (missing hits left out)."""
         return [{"rank": j + 1, "id": str(self.ids[query, j]), "score": float(self.scores[query, j]),
-                 "lat": _coordinate(self.latitudes[query, j]), "lon": _coordinate(self.longitudes[query, j])}
+                 "lat": json_coordinate(self.latitudes[query, j]), "lon": json_coordinate(self.longitudes[query, j])}
                 for j in range(self.indices.shape[1]) if self.indices[query, j] >= 0]
 
     def __getitem__(self, query: int) -> list[dict[str, Any]]:
@@ -85,7 +85,7 @@ class SearchResult:
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
-def _coordinate(value: float) -> float | None:
+def json_coordinate(value: float) -> float | None:
     """A JSON-ready coordinate: None for a tile whose source has no coordinates (NaN)."""
     value = float(value)
     return value if np.isfinite(value) else None

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from gleam.retrieval.index import _coordinate
+from gleam.retrieval.index import json_coordinate
 from gleam.serving.config import DeploymentSection, ServeAppConfig
 from gleam.serving.requests import (LocalizeRequest, RequestError, check_fields, decode_base64_image,
                                     decode_image_bytes, parse_bool, parse_int, parse_language,
@@ -85,7 +85,7 @@ class RetrieverImpl:
 
     def gallery(self) -> dict[str, Any]:
         return {"count": len(self.index), "ids": list(self.index.ids),
-                "lat": [_coordinate(v) for v in self.index.lats], "lon": [_coordinate(v) for v in self.index.lons]}
+                "lat": [json_coordinate(v) for v in self.index.lats], "lon": [json_coordinate(v) for v in self.index.lons]}
 
 
 class ExplainerImpl:
