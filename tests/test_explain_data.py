@@ -357,3 +357,34 @@ def test_load_errors_name_file_record_field_and_fix(tmp_path):
         load_conversations(str(tmp_path))
     with pytest.raises(ConversationError, match="file not found"):
         load_conversations(str(tmp_path / "nothing.json"))
+
+
+def test_verdict_only_twins_round_trip_and_are_inferred_on_import(facts, tmp_path):
+    samples = make_samples(facts)
+    plain = build_examples(samples, seed=5)
+    mixed = build_examples(samples, seed=5, verdict_only_fraction=0.5)
+    twins = [e for e in mixed if e.task == "verdict"]
+    # the explanation examples are untouched; about half of them get a label-only twin
+    assert [e for e in mixed if e.task == "explain"] == list(plain)
+    assert mixed.report["verdict_only_examples"] == len(twins) and 0.3 * len(plain) < len(twins) < 0.7 * len(plain)
+    by_id = {e.id: e for e in plain}
+    for twin in twins:
+        source = by_id[twin.id.removesuffix("--verdict")]
+        assert (twin.query_image, twin.satellite_image, twin.match, twin.language) == \
+               (source.query_image, source.satellite_image, source.match, source.language)
+        assert twin.answer == prompts.VERDICT_LINES[twin.language][twin.match]
+        assert prompts.is_verdict_only(twin.answer) and not prompts.is_verdict_only(source.answer)
+        assert twin.instruction != source.instruction and "{m}" not in twin.instruction
+    assert {t.match for t in twins} == {True, False} and {t.language for t in twins} == {"en", "zh"}
+    loaded = load_conversations(write_conversations(twins[:6], str(tmp_path / "gx"), "train"))
+    assert list(loaded) == twins[:6]
+    # user data without meta: the task is read off the answer
+    path = _write_records(tmp_path, [_record("lab", answer="结论：不匹配"), _record("exp")], "noinfo.json")
+    assert [(e.task, e.match, e.language) for e in load_conversations(path)] == \
+           [("verdict", False, "zh"), ("explain", False, "en")]
+    bad = _record("t")
+    bad["meta"] = {"match": True, "task": "caption"}
+    with pytest.raises(ConversationError, match=r"meta\.task.*unknown task 'caption'"):
+        load_conversations(_write_records(tmp_path, [bad], "badtask.json"))
+    with pytest.raises(ValueError, match="verdict_only_fraction"):
+        build_examples(samples, verdict_only_fraction=2.0)

@@ -23,7 +23,7 @@ TRAIN_OVERRIDES = [
     "ray.num_workers=2", "train.per_worker_batch=6", "train.eval_batch=16", "train.max_new_tokens=128",
     "model.image_size=56", "model.max_length=320", "data.max_val_examples=24",
     "lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
-    "lora.modules_to_save=[embed_tokens, lm_head]",
+    "lora.modules_to_save=[embed_tokens, lm_head]", "data.verdict_only_fraction=0.25",
 ]
 
 
@@ -65,7 +65,9 @@ def test_fine_tuning_learns_well_formed_bilingual_explanations(trained):
     assert history[-1]["loss"] < 0.3 * history[0]["loss"]
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"]
     data = summary["data"]
-    assert data["train_examples"] == 96 and data["train_match_fraction"] == 0.5  # 48 queries, 1 negative each
+    # 48 queries with 1 negative each, plus label-only twins of about a quarter of those pairs
+    twins = data["train_verdict_only_examples"]
+    assert data["train_examples"] == 96 + twins and 12 <= twins <= 36 and data["train_match_fraction"] == 0.5
     for name in ("val", "fit"):
         report = summary["eval"][name]
         # answers end with a verdict, in the language asked, and make checkable claims about the scene
@@ -73,6 +75,9 @@ def test_fine_tuning_learns_well_formed_bilingual_explanations(trained):
         assert report["language_consistency"] >= 0.9, (name, report)
         assert report["text"]["en"]["bleu"] > 0.08 and report["text"]["zh"]["bleu"] > 0.08, (name, report)
         assert report["faithfulness"]["claims_per_answer"] >= 1.0, (name, report)
+        # the same pairs asked for the verdict alone (label-only prompt): answered in that format
+        assert report["verdict_only"]["match"]["support"] == report["match"]["support"], (name, report)
+        assert report["verdict_only"]["parse_rate"] >= 0.9, (name, report["verdict_only"])
     for folder in ("adapter", "final", "plots", "data"):
         assert os.path.isdir(os.path.join(run_dir, folder)), folder
     assert os.path.exists(os.path.join(run_dir, "data", "train.json"))
@@ -90,7 +95,7 @@ def test_merged_model_loads_and_is_scored_by_the_evaluate_job(trained, tmp_path)
                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert report["examples"] == 8 and report["match"]["support"] == 8
+    assert report["examples"] == 8 and report["match"]["support"] == 8 and report["verdict_only"]["match"]["support"] == 8
     assert {"language", "modality"} <= set(report["groups"])
     assert report["load_report"]["skipped_count"] == 0
 
@@ -110,7 +115,8 @@ def test_resume_and_exported_conversations_as_a_source(trained, world):
     from gleam.explain.train import build_datasets
 
     exported, _, fit, report = build_datasets(config_for(os.path.join(run_dir, "data"), output, "from-json", 1))
-    assert report["format"] == "conversations" and report["train_examples"] == 96 and fit == []
+    twins = report["train_verdict_only_examples"]
+    assert report["format"] == "conversations" and report["train_examples"] == 96 + twins and twins > 0 and fit == []
     assert report["train_load_report"]["skipped_count"] == 0
     original = json.load(open(os.path.join(run_dir, "data", "train.json")))
     assert [e.answer for e in exported] == [r["conversations"][1]["value"] for r in original]

@@ -18,7 +18,8 @@ image files.  ``write_conversations`` writes
                               "conversations": [{"from": "human", "value": "<image>\\n<image>\\n" + instruction},
                                                 {"from": "gpt", "value": answer}],
                               "meta": {"match", "language", "modality", "negative", "location_id",
-                                       "satellite_location_id", "query_facts", "satellite_facts", "source"}}]
+                                       "satellite_location_id", "query_facts", "satellite_facts", "source",
+                                       "task": "explain" | "verdict" (label-only: the verdict line alone)}}]
 
 atomically through ``gleam.storage`` (images first, the JSON last: a split file exists only when
 all its images do; works for ``s3://`` folders).
@@ -50,14 +51,15 @@ import posixpath
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from gleam import storage
 from gleam.data.schema import SATELLITE_ONLY, Sample
-from gleam.explain.prompts import LANGUAGES, instruction as make_instruction, make_answer, parse_answer, script_language
+from gleam.explain.prompts import (LANGUAGES, TASKS, VERDICT_LINES, instruction as make_instruction, is_verdict_only,
+                                   make_answer, parse_answer, script_language, verdict_instruction)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,10 @@ class ExplainExample:
     query_facts: dict | None = None
     satellite_facts: dict | None = None
     source: str = ""
+    task: str = "explain"  # "explain": reasoning + verdict; "verdict": the verdict line only
 
     def meta(self) -> dict[str, Any]:
-        return {"match": self.match, "language": self.language, "modality": self.modality,
+        return {"match": self.match, "task": self.task, "language": self.language, "modality": self.modality,
                 "negative": self.negative, "location_id": self.location_id,
                 "satellite_location_id": self.satellite_location_id, "source": self.source,
                 "query_facts": self.query_facts, "satellite_facts": self.satellite_facts}
@@ -114,9 +117,18 @@ def _balanced(values: Sequence[str], count: int, rng: random.Random) -> list[str
     return out
 
 
+def verdict_only(example: ExplainExample, rng: Any = None) -> ExplainExample:
+    """The label-only twin of ``example``: same images and label, a verdict-only instruction, and
+    the verdict line as the whole answer."""
+    return replace(example, id=f"{example.id}--verdict", task="verdict",
+                   instruction=verdict_instruction(example.language, example.modality, rng),
+                   answer=VERDICT_LINES[example.language][bool(example.match)])
+
+
 def build_examples(samples: Iterable[Sample], *, languages: Sequence[str] = LANGUAGES,
                    negatives_per_positive: int = 1, hard_fraction: float = 0.5,
-                   hard_neighbours: dict[str, list[str]] | None = None, seed: int = 0) -> ExampleList:
+                   hard_neighbours: dict[str, list[str]] | None = None, seed: int = 0,
+                   verdict_only_fraction: float = 0.0) -> ExampleList:
     """Positives and (random/hard) negatives from ``samples``; ``.report`` holds the counts.
 
     Satellite tiles come from the samples, one per ``location_id`` (the first seen); gallery-only
@@ -130,6 +142,8 @@ def build_examples(samples: Iterable[Sample], *, languages: Sequence[str] = LANG
         raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
     if not 0.0 <= hard_fraction <= 1.0:
         raise ValueError(f"hard_fraction must lie in [0, 1], got {hard_fraction}")
+    if not 0.0 <= verdict_only_fraction <= 1.0:
+        raise ValueError(f"verdict_only_fraction must lie in [0, 1], got {verdict_only_fraction}")
     rng = random.Random(seed)
     satellites: dict[str, bytes] = {}
     facts: dict[str, dict] = {}
@@ -196,6 +210,11 @@ def build_examples(samples: Iterable[Sample], *, languages: Sequence[str] = LANG
             answer=make_answer(query_facts, sat_facts, match, language, rng, modality=query.modality),
             match=match, negative=kind, location_id=query.location_id, satellite_location_id=sat_location,
             query_facts=query_facts, satellite_facts=sat_facts, source=query.source))
+    if verdict_only_fraction:
+        # label-only twins of a seeded share of the pairs (positives and negatives alike)
+        twin_rng = random.Random(seed + 1)
+        examples += [verdict_only(e, twin_rng) for e in list(examples) if twin_rng.random() < verdict_only_fraction]
+    report["verdict_only_examples"] = sum(e.task == "verdict" for e in examples)
     report["examples"] = len(examples)
     report["languages"] = {lang: sum(e.language == lang for e in examples) for lang in languages}
     if report["hard_fallback_random"]:
@@ -532,6 +551,11 @@ def _parse_record(url: str, index: int, line: int | None, record: Any, stem: str
     if meta.get("negative") not in NEGATIVE_KINDS:
         raise error("meta.negative", f"must be null, 'random' or 'hard', got {meta['negative']!r}",
                     "use null for positives")
+    if "task" not in meta:
+        meta["task"] = "verdict" if is_verdict_only(answer) else "explain"
+    if meta["task"] not in TASKS:
+        raise error("meta.task", f"unknown task {meta['task']!r}",
+                    f"use one of {list(TASKS)} (or leave it out: inferred from the answer)")
     for key in ("query_facts", "satellite_facts"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise error(f"meta.{key}", "must be an object", "store the scene facts as a JSON object or null")
@@ -596,7 +620,7 @@ def load_conversations(url_or_path: str, split: str | None = None, workers: int 
             negative=meta.get("negative"), location_id=meta.get("location_id"),
             satellite_location_id=meta.get("satellite_location_id"),
             query_facts=meta.get("query_facts"), satellite_facts=meta.get("satellite_facts"),
-            source=str(meta.get("source") or posixpath.basename(url))))
+            source=str(meta.get("source") or posixpath.basename(url)), task=meta["task"]))
     report.loaded = len(examples)
     if report.skipped:
         log.warning("%s: skipped %d of %d records with missing/unreadable images (first: %s)",

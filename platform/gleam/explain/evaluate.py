@@ -6,7 +6,10 @@ Scores, overall and per language and modality:
 - text: corpus BLEU and mean ROUGE-L against the reference answers (per language: Chinese by
   characters), and sentence-embedding similarity when a local encoder folder is given;
 - facts (synthetic world): which claims of each generated explanation are true of the scene
-  (query-side claims against the query location's facts, satellite-side against the tile's).
+  (query-side claims against the query location's facts, satellite-side against the tile's);
+- ``verdict_only``: the same pairs asked for the verdict line alone (label-only prompts, the
+  paper's label-only supervision): accuracy, majority baseline, per group, parse rate.
+Label-only examples in the input (``task == "verdict"``) are scored there, not as explanations.
 
 ``jobs/evaluate_explain.py`` runs it on a model folder (merged, or base + adapter).
 """
@@ -100,16 +103,50 @@ def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str =
     return report
 
 
+def score_verdicts(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any]:
+    """Verdict metrics only (for label-only answers)."""
+    from gleam.explain.metrics import grouped, majority_baseline, match_metrics
+    from gleam.explain.prompts import parse_answer
+
+    predicted = [parse_answer(text).verdict for text in answers]
+    truth = [bool(e.match) for e in examples]
+    return {"examples": len(examples), "match": match_metrics(predicted, truth),
+            "majority_baseline": majority_baseline(truth) if truth else None,
+            "groups": grouped(predicted, truth, language=[e.language for e in examples],
+                              modality=[e.modality for e in examples]),
+            "parse_rate": float(np.mean([p is not None for p in predicted])) if predicted else 0.0}
+
+
+VERDICT_ONLY_NEW_TOKENS = 16
+
+
 def evaluate_examples(model: Any, processor: Any, examples: Sequence[Any], *, image_size: int,
-                      max_new_tokens: int, batch_size: int = 16, sentence_model: str = "") -> dict[str, Any]:
-    """Generate and score; adds timing."""
-    started = time.perf_counter()
-    answers = predict(model, processor, examples, image_size=image_size, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size)
-    seconds = time.perf_counter() - started
-    report = score(examples, answers, sentence_model)
-    report["generation_seconds"] = round(seconds, 2)
-    report["examples_per_second"] = round(len(examples) / seconds, 2) if seconds else None
+                      max_new_tokens: int, batch_size: int = 16, sentence_model: str = "",
+                      verdict_only: bool = True) -> dict[str, Any]:
+    """Generate and score; adds timing.  ``verdict_only``: also ask every explanation pair for
+    the verdict alone (label-only prompt) and score that under ``report["verdict_only"]``."""
+    from gleam.explain.dataset import verdict_only as verdict_twin
+
+    explain = [e for e in examples if getattr(e, "task", "explain") != "verdict"]
+    labels = [e for e in examples if getattr(e, "task", "explain") == "verdict"]
+    if verdict_only:
+        twin_rng = np.random.default_rng(0)
+        labels += [verdict_twin(e, twin_rng) for e in explain]
+    report: dict[str, Any] = {"examples": 0}
+    if explain:
+        started = time.perf_counter()
+        answers = predict(model, processor, explain, image_size=image_size, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
+        seconds = time.perf_counter() - started
+        report = score(explain, answers, sentence_model)
+        report["generation_seconds"] = round(seconds, 2)
+        report["examples_per_second"] = round(len(explain) / seconds, 2) if seconds else None
+    if labels:
+        started = time.perf_counter()
+        short = predict(model, processor, labels, image_size=image_size, max_new_tokens=VERDICT_ONLY_NEW_TOKENS,
+                        batch_size=batch_size)
+        report["verdict_only"] = score_verdicts(labels, short)
+        report["verdict_only"]["generation_seconds"] = round(time.perf_counter() - started, 2)
     return report
 
 
@@ -127,6 +164,7 @@ class EvaluateExplainConfig:
     max_new_tokens: int = 128
     batch_size: int = 16
     sentence_model: str = ""  # local sentence-embedding model folder ("" = skip that metric)
+    verdict_only: bool = True  # also ask each pair for the verdict alone (label-only prompt)
     output: str = ""  # report JSON; "" = <model>/eval-<split>.json
     device: str = "cpu"
     run: RunConfig = field(default_factory=RunConfig)
@@ -157,7 +195,7 @@ def evaluate_model(config: EvaluateExplainConfig) -> dict[str, Any]:
         examples = [examples[i] for i in sorted(rng.choice(len(examples), config.max_examples, replace=False))]
     report = evaluate_examples(model, processor, examples, image_size=image_size,
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                               sentence_model=config.sentence_model)
+                               sentence_model=config.sentence_model, verdict_only=config.verdict_only)
     report.update({"model": config.model, "adapter": config.adapter or None, "data": config.data,
                    "split": config.split, "load_report": _jsonable(load_report)})
     output = config.output or storage.join(config.adapter or config.model, f"eval-{config.split}.json")

@@ -596,6 +596,38 @@ def modality_name(modality: str, language: str) -> str:
     return _MODALITY_NAMES[language].get(modality, modality.replace("_", " "))
 
 
+# Label-only supervision (the paper's "label-only" variant): the same pair, answered with the
+# verdict line alone.
+TASKS: tuple[str, ...] = ("explain", "verdict")
+_VERDICT_INSTRUCTIONS = {
+    "en": [
+        "Image 1 is a {m} and image 2 is a satellite tile. Same place? Answer with the verdict line only: "
+        "'Verdict: match' or 'Verdict: no match'.",
+        "Is the satellite tile (image 2) the place shown in the {m} (image 1)? Reply only with "
+        "'Verdict: match' or 'Verdict: no match'.",
+        "Verify the pair: a {m} first, then a satellite image. Give just the verdict ('Verdict: match' / "
+        "'Verdict: no match'), no explanation.",
+    ],
+    "zh": [
+        "图1是一张{m}，图2是卫星图。是否为同一地点？只回答结论：“结论：匹配”或“结论：不匹配”。",
+        "图2的卫星图是否就是图1（{m}）中的地点？只需回复“结论：匹配”或“结论：不匹配”。",
+        "核验这对图像：先是{m}，后是卫星图。无需解释，直接给出结论（“结论：匹配”/“结论：不匹配”）。",
+    ],
+}
+
+
+def verdict_instruction(language: str, modality: str, rng: Any = None) -> str:
+    """One of several phrasings asking for the verdict line only (label-only supervision)."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language {language!r} unknown; use one of {LANGUAGES}")
+    return _as_random(rng).choice(_VERDICT_INSTRUCTIONS[language]).format(m=modality_name(modality, language))
+
+
+def is_verdict_only(answer: str) -> bool:
+    """True when ``answer`` is a verdict and nothing else (a label-only answer)."""
+    return parse_answer(answer).verdict is not None and not strip_verdicts(answer).strip(" \n\t.。")
+
+
 def instruction(language: str, modality: str, rng: Any = None) -> str:
     """One of several phrasings: image 1 is a ``modality`` view, image 2 a satellite tile; same place?"""
     if language not in LANGUAGES:

@@ -52,6 +52,9 @@ class ExplainDataSection:
     retrieval_checkpoint: str = ""  # GLEAM-C checkpoint for hard negatives ("" = random negatives only)
     max_train_examples: int = 0  # 0 = all
     max_val_examples: int = 96
+    # label-only supervision: this share of the training pairs also appears with a verdict-only
+    # instruction and the verdict line as the answer (0 = explanations only)
+    verdict_only_fraction: float = 0.0
 
 
 @dataclass
@@ -363,7 +366,8 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], li
             neighbours = _hard_neighbours(data.retrieval_checkpoint, samples) if data.retrieval_checkpoint else None
             options = dict(languages=tuple(data.languages), negatives_per_positive=data.negatives_per_positive,
                            hard_fraction=data.hard_fraction if neighbours else 0.0, hard_neighbours=neighbours)
-            splits[name] = build_examples(samples, **options, seed=config.run.seed + (name == "val"))
+            splits[name] = build_examples(samples, **options, seed=config.run.seed + (name == "val"),
+                                          verdict_only_fraction=data.verdict_only_fraction if name == "train" else 0.0)
             if name == "train":
                 fresh = build_examples(samples, **options, seed=config.run.seed + 1000)
                 seen = {(e.location_id, e.modality, e.satellite_location_id) for e in splits[name]}
@@ -387,8 +391,10 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], li
         val = [val[i] for i in sorted(rng.choice(len(val), data.max_val_examples, replace=False))]
     if data.max_val_examples and len(fit) > data.max_val_examples:
         fit = [fit[i] for i in sorted(rng.choice(len(fit), data.max_val_examples, replace=False))]
+    explain = [e for e in train if getattr(e, "task", "explain") == "explain"]
     report.update({"train_examples": len(train), "val_examples": len(val), "fit_examples": len(fit),
-                   "train_match_fraction": float(np.mean([e.match for e in train])) if train else None})
+                   "train_verdict_only_examples": len(train) - len(explain),
+                   "train_match_fraction": float(np.mean([e.match for e in explain])) if explain else None})
     return train, val, fit, report
 
 
@@ -467,7 +473,8 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
         "final": history[-1] if history else {}, "data": data_report, "base_model": base,
         "adapter": adapter_dir, "merged_model": merged, "checkpoint": result.checkpoint.path,
         "eval": {name: {k: report[k] for k in ("match", "majority_baseline", "parse_rate", "well_formed_rate",
-                                                "language_consistency", "text", "faithfulness") if k in report}
+                                                "language_consistency", "text", "faithfulness", "verdict_only")
+                        if k in report}
                  for name, report in evaluation.items()},
     }
     storage.write_json(storage.join(run_dir, "summary.json"), summary)
@@ -475,17 +482,18 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
 
 
 def _check(config: TrainExplainConfig) -> None:
-    from gleam.data.schema import query_modalities
+    from gleam.data.schema import check_query_modalities
     from gleam.explain.prompts import LANGUAGES
 
-    bad = [m for m in config.data.modalities if m not in query_modalities()]
-    if bad:
-        raise ValueError(f"data.modalities: {bad} unknown; choose from {list(query_modalities())}")
+    check_query_modalities(config.data.modalities, "data.modalities")
     bad = [lang for lang in config.data.languages if lang not in LANGUAGES]
     if bad:
         raise ValueError(f"data.languages: {bad} unsupported; choose from {list(LANGUAGES)}")
     if not config.data.languages:
         raise ValueError("data.languages: name at least one language")
+    if not 0.0 <= config.data.verdict_only_fraction <= 1.0:
+        raise ValueError(f"data.verdict_only_fraction: {config.data.verdict_only_fraction} is outside [0, 1] "
+                         "(the share of training pairs also given as verdict-only examples)")
     if config.deepspeed.enabled and config.ray.gpus_per_worker <= 0:
         log.warning("deepspeed.enabled without GPUs: DeepSpeed's CPU path needs its CPU accelerator "
                     "(DS_ACCELERATOR=cpu) and is slow; DDP is the CPU default")
