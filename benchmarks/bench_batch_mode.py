@@ -116,7 +116,7 @@ def main() -> None:
     config = load_config(TrainCoreConfig, "configs/local-cpu.yaml", [
         f"data.dataset={args.dataset}", "train.global_batch=12", "model.image_size=64",
         "model.panorama_size=[64, 128]", "augment.rotate_satellite=false", "augment.flip_probability=0.0",
-        "phases=[{name: all, epochs: 1, modalities: [uav, streetmap, panorama, ground], lr: 0.001, warmup_steps: 3}]",
+        "phases=[{name: all, epochs: 1, modalities: [uav, streetmap, panorama, ground], lr: 0.001, warmup_steps: 30}]",
         *args.overrides])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     train_set, val_set = load_splits(config)

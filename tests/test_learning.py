@@ -32,7 +32,7 @@ def test_short_cpu_run_retrieves_far_above_chance(ray_session, tmp_path):
         f"run.output_dir={tmp_path / 'runs'}", "run.name=learn", "model.image_size=64",
         "model.panorama_size=[64, 128]", "model.logit_scale_init=0.0", "train.global_batch=12",
         "augment.rotate_satellite=false", "augment.flip_probability=0.0", "train.eval_every=0",
-        "phases=[{name: streetmap, epochs: 24, modalities: [streetmap], lr: 0.001, warmup_steps: 3},"
+        "phases=[{name: streetmap, epochs: 24, modalities: [streetmap], lr: 0.001, warmup_steps: 10},"
         " {name: both, epochs: 8, modalities: [streetmap, panorama], lr: 0.0005, warmup_steps: 0,"
         " carry_over: [logit_scale, optimizer]}]"])
     summary = train_core(config)
@@ -40,8 +40,9 @@ def test_short_cpu_run_retrieves_far_above_chance(ray_session, tmp_path):
     chance = 100.0 / LOCATIONS
     streetmap = final["val/query->satellite/streetmap/R@1"]
     print({k: v for k, v in final.items() if k.endswith("/R@1") or k.endswith("/R@5")})
-    assert streetmap >= 8 * chance, final
-    assert final["val/query->satellite/panorama/R@1"] >= 2 * chance, final
+    # measured here: streetmap 100 %, panorama 45.8 %, all 72.9 % (chance 4.2 %)
+    assert streetmap >= 16 * chance, final
+    assert final["val/query->satellite/panorama/R@1"] >= 4 * chance, final
     assert final["val/query->satellite/all/R@1"] >= 4 * chance, final
     assert final["loss"] < math.log(12) - 0.25  # log(12) = 2.48: the loss of a collapsed encoder
     history = [line for line in open(tmp_path / "runs" / "learn" / "metrics.jsonl")]
