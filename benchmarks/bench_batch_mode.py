@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--locations", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--modes", nargs="+", default=["mixed", "per_modality"], choices=["mixed", "per_modality"])
     parser.add_argument("--val-locations", type=int, default=64, help="held-out locations scored (0: none)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="extra config overrides, e.g. model.logit_scale_init=1.0")
@@ -130,7 +131,7 @@ def main() -> None:
         val_rows = np.array([r for r in val_rows if val_set.location_ids[r] in held])
     results: dict = {"locations": len(keep), "samples": len(rows), "chance_R@1": 100.0 / len(keep),
                      "seeds": args.seeds, "epochs": args.epochs, "overrides": args.overrides}
-    modes = ("mixed", "per_modality")
+    modes = tuple(args.modes)
     per_epoch = min(steps_per_epoch(config, train_set, rows, mode, args.epochs) for mode in modes)
     if per_epoch == 0:
         raise SystemExit(f"--locations {len(keep)} is too few for a global batch of {config.train.global_batch} "
@@ -146,7 +147,7 @@ def main() -> None:
             if section in results[mode]["runs"][0]:
                 results[mode][section] = summarise(results[mode]["runs"], section)
     for section in ("fit", "held_out"):
-        if section not in results["mixed"]:
+        if len(modes) < 2 or section not in results["mixed"]:
             continue
         differences = {}
         for modality in results["mixed"][section]:
