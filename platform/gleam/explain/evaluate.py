@@ -44,22 +44,29 @@ def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: 
     return texts
 
 
+def score_verdicts(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any]:
+    """Verdict metrics only (for label-only answers)."""
+    from gleam.explain.metrics import grouped, majority_baseline, match_metrics
+    from gleam.explain.prompts import parse_answer
+
+    predicted = [parse_answer(text).verdict for text in answers]
+    truth = [bool(e.match) for e in examples]
+    return {"examples": len(examples), "match": match_metrics(predicted, truth),
+            "majority_baseline": majority_baseline(truth) if truth else None,
+            "groups": grouped(predicted, truth, language=[e.language for e in examples],
+                              modality=[e.modality for e in examples]),
+            "parse_rate": float(np.mean([p is not None for p in predicted])) if predicted else 0.0}
+
+
 def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str = "") -> dict[str, Any]:
     """Every metric of ``answers`` generated for ``examples`` (see the module docstring)."""
-    from gleam.explain.metrics import SentenceEmbedder, bleu, grouped, majority_baseline, match_metrics, rouge_l
+    from gleam.explain.metrics import SentenceEmbedder, bleu, rouge_l
     from gleam.explain.prompts import faithfulness, parse_answer
 
     parsed = [parse_answer(text) for text in answers]
-    predicted = [p.verdict for p in parsed]
-    truth = [bool(e.match) for e in examples]
     languages = [e.language for e in examples]
-    modalities = [e.modality for e in examples]
     report: dict[str, Any] = {
-        "examples": len(examples),
-        "match": match_metrics(predicted, truth),
-        "majority_baseline": majority_baseline(truth) if truth else None,
-        "groups": grouped(predicted, truth, language=languages, modality=modalities),
-        "parse_rate": float(np.mean([p.verdict is not None for p in parsed])) if parsed else 0.0,
+        **score_verdicts(examples, answers),
         "well_formed_rate": float(np.mean([bool(p.well_formed) for p in parsed])) if parsed else 0.0,
         "language_consistency": float(np.mean([p.language == lang for p, lang in zip(parsed, languages)]))
         if parsed else 0.0,
@@ -101,20 +108,6 @@ def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str =
     report["samples"] = [{"id": e.id, "language": e.language, "modality": e.modality, "match": bool(e.match),
                           "reference": e.answer, "generated": a} for e, a in list(zip(examples, answers))[:8]]
     return report
-
-
-def score_verdicts(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any]:
-    """Verdict metrics only (for label-only answers)."""
-    from gleam.explain.metrics import grouped, majority_baseline, match_metrics
-    from gleam.explain.prompts import parse_answer
-
-    predicted = [parse_answer(text).verdict for text in answers]
-    truth = [bool(e.match) for e in examples]
-    return {"examples": len(examples), "match": match_metrics(predicted, truth),
-            "majority_baseline": majority_baseline(truth) if truth else None,
-            "groups": grouped(predicted, truth, language=[e.language for e in examples],
-                              modality=[e.modality for e in examples]),
-            "parse_rate": float(np.mean([p is not None for p in predicted])) if predicted else 0.0}
 
 
 VERDICT_ONLY_NEW_TOKENS = 16
