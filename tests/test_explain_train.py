@@ -158,6 +158,15 @@ def test_hard_negatives_come_from_a_gleam_c_checkpoint(world, tmp_path):
         assert example.satellite_location_id in close, (example.location_id, example.satellite_location_id)
 
 
+def test_verdict_only_fraction_outside_0_1_is_a_config_error(tmp_path):
+    from gleam.explain.train import train_explain
+
+    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 1, "data.verdict_only_fraction=1.5")
+    with pytest.raises(ValueError, match=r"data\.verdict_only_fraction: 1\.5 is outside \[0, 1\]"):
+        train_explain(config)
+    assert not (tmp_path / "runs").exists()  # refused before anything is written
+
+
 def test_deepspeed_config_for_zero_2_and_3():
     from gleam.explain.train import DeepSpeedSection, ExplainOptimSection, deepspeed_config
 

@@ -380,6 +380,9 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], li
         report.update({"format": "shards", "exported_to": folder,
                        "hard_negatives": bool(data.retrieval_checkpoint)})
     else:
+        if data.verdict_only_fraction:
+            log.warning("data.verdict_only_fraction=%s applies to shard sources; conversation data %s is used "
+                        "as written (add verdict-only records to it instead)", data.verdict_only_fraction, data.source)
         train = _loaded(load_conversations(data.source, split=data.train_split), report, "train")
         val = _loaded(load_conversations(data.source, split=data.val_split), report, "val")
         fit = []

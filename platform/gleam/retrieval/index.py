@@ -85,6 +85,7 @@ class SearchResult:
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
+
 def json_coordinate(value: float) -> float | None:
     """A JSON-ready coordinate: None for a tile whose source has no coordinates (NaN)."""
     value = float(value)
