@@ -1,17 +1,21 @@
 """GLEAM-X verdicts: explanation supervision vs explanation + label-only supervision (the paper's
-two variants), on held-out regions of the synthetic world, against the majority-class baseline.
+two variants) vs a label-only warm start before both, on held-out regions of the synthetic world,
+against the majority-class baseline.
 
     python benchmarks/bench_explain_verdict.py [--locations 384] [--val-locations 96]
-        [--modalities uav] [--steps-per-epoch 64] [--epochs 10] [--work /tmp/gleam-bench-explain]
+        [--modalities uav] [--steps-per-epoch 64] [--epochs 10] [--warm-epochs 6]
+        [--variants explanations,explanations+label_only,warm_start] [--work /tmp/gleam-bench-explain]
 
 Makes a synthetic world (all four biomes, ``--modalities`` views, 64 px; kept in ``--work`` and
 reused), then fine-tunes the tiny Qwen2.5-VL twice with the real job code path
 (``gleam.explain.train.train_explain``: Ray Train, 2 DDP workers, LoRA) for the same number of
 steps: once on explanations only, once with a label-only twin of every pair added
-(``data.verdict_only_fraction=1``). Each model answers every validation pair twice: with an
+(``data.verdict_only_fraction=1``), and once more with that data after ``--warm-epochs`` epochs
+on the label-only twins alone (``train.verdict_only_epochs``; this run is that much longer). Each
+model answers every validation pair twice: with an
 explanation prompt (the verdict parsed from its last line) and with a verdict-only prompt.
 Reports accuracy, the majority baseline and one binomial standard error per cell. JSON goes to
-``benchmarks/results/explain_verdict.json``.
+``benchmarks/results/explain_verdict.json``; variants not run this time keep their earlier entry.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ def make_world(folder: str, locations: int, val_locations: int, modalities: list
         "synth.regions_per_split=4", "synth.locations_per_task=24"]))
 
 
+# name -> (data.verdict_only_fraction, label-only warm-start epochs before the --epochs of all data)
+VARIANTS = {"explanations": (0.0, False), "explanations+label_only": (1.0, False), "warm_start": (1.0, True)}
+
+
 def cell(report: dict) -> dict:
     accuracy = report["match"]["accuracy"]
     n = report["match"]["support"]
@@ -60,10 +68,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--warm-epochs", type=int, default=6)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--work", default="/tmp/gleam-bench-explain")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     world = os.path.join(args.work, "synth")
@@ -75,17 +89,30 @@ def main() -> None:
                      "steps": args.epochs * args.steps_per_epoch, "global_batch": 12,
                      "image_size": args.image_size, "world_seconds": round(time.perf_counter() - started, 1),
                      "variants": {}}
-    for name, fraction in (("explanations", 0.0), ("explanations+label_only", 1.0)):
+    previous = {}
+    if os.path.exists(args.out):
+        with open(args.out) as handle:
+            previous = json.load(handle).get("variants", {})
+    for name in VARIANTS:
+        if name not in chosen:
+            if name in previous:
+                results["variants"][name] = previous[name]
+            continue
+        fraction, warm = VARIANTS[name]
+        warm_epochs = args.warm_epochs if warm else 0
         config = load_config(TrainExplainConfig, str(ROOT / "configs" / "explain-local.yaml"), [
             f"data.source={world}", f"run.output_dir={os.path.join(args.work, 'runs')}", f"run.name={name}",
             f"data.modalities=[{', '.join(modalities)}]", f"data.verdict_only_fraction={fraction}",
             f"data.max_val_examples={2 * args.val_locations * len(modalities)}",
-            f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps_per_epoch}",
+            f"train.epochs={args.epochs + warm_epochs}", f"train.verdict_only_epochs={warm_epochs}",
+            f"train.max_steps_per_epoch={args.steps_per_epoch}",
             "train.per_worker_batch=6", "train.eval_batch=16", "train.max_new_tokens=128", "train.eval_every=0",
             f"model.image_size={args.image_size}", "model.max_length=320", "ray.num_workers=2"])
         begun = time.perf_counter()
         summary = train_explain(config)
-        entry = {"verdict_only_fraction": fraction, "train_examples": summary["data"]["train_examples"],
+        entry = {"verdict_only_fraction": fraction, "verdict_only_epochs": warm_epochs,
+                 "steps": (args.epochs + warm_epochs) * args.steps_per_epoch,
+                 "train_examples": summary["data"]["train_examples"],
                  "seconds": round(time.perf_counter() - begun, 1), "final_loss": summary["final"].get("loss")}
         with open(os.path.join(summary["run_dir"], "eval.json")) as handle:
             evaluation = json.load(handle)

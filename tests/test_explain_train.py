@@ -167,6 +167,34 @@ def test_verdict_only_fraction_outside_0_1_is_a_config_error(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything is written
 
 
+def test_verdict_only_epochs_beyond_the_run_is_a_config_error(tmp_path):
+    from gleam.explain.train import train_explain
+
+    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 2, "train.verdict_only_epochs=3")
+    with pytest.raises(ValueError, match=r"train\.verdict_only_epochs: 3 must lie in \[0, train\.epochs=2\]"):
+        train_explain(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_warm_start_examples_are_the_label_only_twins_of_every_pair():
+    from gleam.explain.dataset import ExplainExample, verdict_only
+    from gleam.explain.prompts import VERDICT_LINES, is_verdict_only
+    from gleam.explain.train import warm_start_examples
+
+    def pair(i, match, language):
+        return ExplainExample(id=f"p{i}", query_image=b"q", satellite_image=b"s", modality="uav", language=language,
+                              instruction="Explain.", answer="Both show a road.\n" + VERDICT_LINES[language][match],
+                              match=match)
+
+    train = [pair(0, True, "en"), pair(1, False, "zh"), verdict_only(pair(2, False, "en"))]
+    warm = warm_start_examples(train, seed=0)
+    assert [e.task for e in warm] == ["verdict"] * 3 and warm[2] is train[2]
+    assert [e.answer for e in warm] == [VERDICT_LINES["en"][True], VERDICT_LINES["zh"][False], VERDICT_LINES["en"][False]]
+    assert all(is_verdict_only(e.answer) and e.instruction != "Explain." for e in warm)
+    assert [e.match for e in warm] == [True, False, False]
+    assert [e.query_image for e in warm] == [b"q"] * 3
+
+
 def test_deepspeed_config_for_zero_2_and_3():
     from gleam.explain.train import DeepSpeedSection, ExplainOptimSection, deepspeed_config
 

@@ -71,6 +71,12 @@ class ExplainTrainSection:
     epochs: int = 3
     per_worker_batch: int = 8
     max_steps_per_epoch: int = 0  # 0 = the whole epoch
+    # label-only warm start: the first N epochs train on the verdict-only twin of every training
+    # pair (verdict line as the whole answer), later epochs on the examples as built. From a
+    # from-scratch model, explanation supervision alone never teaches the verdict (the verdict
+    # line follows from the explanation text, so its loss asks nothing of the images); the warm
+    # start makes the model compare the two views first.
+    verdict_only_epochs: int = 0
     eval_every: int = 1  # validation loss every N epochs (generation metrics at the end)
     max_new_tokens: int = 128
     eval_batch: int = 16
@@ -216,6 +222,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     config: TrainExplainConfig = loop_config["config"]
     train_examples = ray.get(loop_config["train_ref"])
+    warm_examples = ray.get(loop_config["warm_ref"]) if loop_config.get("warm_ref") is not None else []
     val_examples = ray.get(loop_config["val_ref"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -226,9 +233,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model, processor = load_vlm(loop_config["base_model"], config.lora, dtype=dtype, device=str(device))
     model.train()
 
-    steps_per_epoch = len(_epoch_batches(len(train_examples), 0, config.run.seed, rank, world,
-                                         config.train.per_worker_batch, config.train.max_steps_per_epoch))
-    total_steps = steps_per_epoch * config.train.epochs
+    def epoch_examples(epoch: int) -> list[Any]:
+        return warm_examples if epoch < config.train.verdict_only_epochs and warm_examples else train_examples
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return _epoch_batches(len(epoch_examples(epoch)), epoch, config.run.seed, rank, world,
+                              config.train.per_worker_batch, config.train.max_steps_per_epoch)
+
+    total_steps = sum(len(batches(epoch)) for epoch in range(config.train.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     if use_deepspeed:
         import deepspeed
@@ -255,9 +267,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, config.train.epochs):
         started = time.perf_counter()
         losses = []
-        for indices in _epoch_batches(len(train_examples), epoch, config.run.seed, rank, world,
-                                      config.train.per_worker_batch, config.train.max_steps_per_epoch):
-            batch = _to_device(collate([train_examples[i] for i in indices], processor, config.model.image_size,
+        examples = epoch_examples(epoch)
+        for indices in batches(epoch):
+            batch = _to_device(collate([examples[i] for i in indices], processor, config.model.image_size,
                                        config.model.max_length), device)
             loss = wrapped(**batch).loss
             if use_deepspeed:
@@ -279,6 +291,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             loss_mean /= world
         metrics: dict[str, Any] = {
             "epoch": epoch, "global_step": state["global_step"], "loss": float(loss_mean[0]),
+            "task": "verdict" if examples is warm_examples else "all",
             "lr": float(optimizer.param_groups[0]["lr"]),
             "train_examples_per_second": len(losses) * config.train.per_worker_batch * world / seconds,
         }
@@ -401,6 +414,17 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], li
     return train, val, fit, report
 
 
+def warm_start_examples(train: list[Any], seed: int) -> list[Any]:
+    """The label-only warm start's examples: the verdict-only twin of every explanation example
+    (instruction phrasing drawn per twin) plus the label-only examples already in ``train``."""
+    import random
+
+    from gleam.explain.dataset import verdict_only
+
+    rng = random.Random(seed + 2)
+    return [e if getattr(e, "task", "explain") == "verdict" else verdict_only(e, rng) for e in train]
+
+
 def _loaded(examples: Any, report: dict[str, Any], name: str) -> list[Any]:
     load_report = getattr(examples, "report", None)
     if load_report is not None:
@@ -440,11 +464,14 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     storage.makedirs(run_dir)
     started = time.perf_counter()
     train, val, fit, data_report = build_datasets(config)
-    base = _base_model(config, train)
+    warm = warm_start_examples(train, config.run.seed) if config.train.verdict_only_epochs else []
+    data_report["warm_start_examples"] = len(warm)
+    base = _base_model(config, train + warm)
     save_config(config, run_dir)
     log.info("GLEAM-X: %d train / %d val examples, base model %s", len(train), len(val), base)
     trainer = torch_trainer(
-        train_loop, {"config": config, "train_ref": ray.put(train), "val_ref": ray.put(val), "base_model": base},
+        train_loop, {"config": config, "train_ref": ray.put(train), "val_ref": ray.put(val),
+                     "warm_ref": ray.put(warm) if warm else None, "base_model": base},
         name=config.run.name, storage_path=config.train.storage_path or config.run.output_dir,
         ray_config=config.ray, max_failures=config.train.max_failures,
         checkpoints_to_keep=config.train.checkpoints_to_keep)
@@ -497,6 +524,10 @@ def _check(config: TrainExplainConfig) -> None:
     if not 0.0 <= config.data.verdict_only_fraction <= 1.0:
         raise ValueError(f"data.verdict_only_fraction: {config.data.verdict_only_fraction} is outside [0, 1] "
                          "(the share of training pairs also given as verdict-only examples)")
+    if not 0 <= config.train.verdict_only_epochs <= config.train.epochs:
+        raise ValueError(f"train.verdict_only_epochs: {config.train.verdict_only_epochs} must lie in "
+                         f"[0, train.epochs={config.train.epochs}] (the first epochs that train on "
+                         "verdict-only twins of the pairs)")
     if config.deepspeed.enabled and config.ray.gpus_per_worker <= 0:
         log.warning("deepspeed.enabled without GPUs: DeepSpeed's CPU path needs its CPU accelerator "
                     "(DS_ACCELERATOR=cpu) and is slow; DDP is the CPU default")
