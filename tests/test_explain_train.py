@@ -24,6 +24,7 @@ TRAIN_OVERRIDES = [
     "model.image_size=56", "model.max_length=320", "data.max_val_examples=24",
     "lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
     "lora.modules_to_save=[embed_tokens, lm_head]", "data.verdict_only_fraction=0.25",
+    "train.verdict_only_epochs=0",  # explanations from the first epoch (the warm start has its own test)
 ]
 
 
@@ -186,9 +187,10 @@ def test_warm_start_examples_are_the_label_only_twins_of_every_pair():
                               instruction="Explain.", answer="Both show a road.\n" + VERDICT_LINES[language][match],
                               match=match)
 
-    train = [pair(0, True, "en"), pair(1, False, "zh"), verdict_only(pair(2, False, "en"))]
+    # pair 2 already has its label-only twin in the data (data.verdict_only_fraction): not doubled
+    train = [pair(0, True, "en"), pair(1, False, "zh"), pair(2, False, "en"), verdict_only(pair(2, False, "en"))]
     warm = warm_start_examples(train, seed=0)
-    assert [e.task for e in warm] == ["verdict"] * 3 and warm[2] is train[2]
+    assert [e.task for e in warm] == ["verdict"] * 3 and warm[2] is train[3]
     assert [e.answer for e in warm] == [VERDICT_LINES["en"][True], VERDICT_LINES["zh"][False], VERDICT_LINES["en"][False]]
     assert all(is_verdict_only(e.answer) and e.instruction != "Explain." for e in warm)
     assert [e.match for e in warm] == [True, False, False]

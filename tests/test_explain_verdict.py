@@ -42,7 +42,7 @@ def test_label_only_fine_tuning_beats_the_majority_baseline_on_new_regions(world
         f"data.source={world}", f"run.output_dir={tmp_path}", "run.name=verdict", "data.modalities=[uav]",
         f"train.epochs={EPOCHS}", f"train.verdict_only_epochs={EPOCHS}", "train.per_worker_batch=6",
         "train.eval_every=0", "train.eval_batch=32", "model.image_size=56", "model.max_length=320",
-        f"data.max_val_examples={2 * LOCATIONS}",
+        f"data.max_val_examples={2 * LOCATIONS}", "data.verdict_only_fraction=0",
         # every epoch is label-only, so explanation prompts get a verdict line too: 8 tokens hold it
         "train.max_new_tokens=8"])
     summary = train_explain(config)

@@ -415,14 +415,22 @@ def build_datasets(config: TrainExplainConfig) -> tuple[list[Any], list[Any], li
 
 
 def warm_start_examples(train: list[Any], seed: int) -> list[Any]:
-    """The label-only warm start's examples: the verdict-only twin of every explanation example
-    (instruction phrasing drawn per twin) plus the label-only examples already in ``train``."""
+    """The label-only warm start's examples, in ``train``'s order: the label-only examples already
+    there, and the verdict-only twin (phrasing drawn per twin) of every explanation example that
+    has none yet (``data.verdict_only_fraction`` twins are not doubled)."""
     import random
 
     from gleam.explain.dataset import verdict_only
 
     rng = random.Random(seed + 2)
-    return [e if getattr(e, "task", "explain") == "verdict" else verdict_only(e, rng) for e in train]
+    labelled = {e.id for e in train if getattr(e, "task", "explain") == "verdict"}
+    warm = []
+    for example in train:
+        if getattr(example, "task", "explain") == "verdict":
+            warm.append(example)
+        elif f"{example.id}--verdict" not in labelled:
+            warm.append(verdict_only(example, rng))
+    return warm
 
 
 def _loaded(examples: Any, report: dict[str, Any], name: str) -> list[Any]:
