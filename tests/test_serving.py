@@ -107,24 +107,31 @@ ANSWERS = {"en": "Both images show a roundabout to the north. Verdict: match",
 
 def quick_explainer(root, samples) -> str:
     """The tiny GLEAM-X, fitted for a few steps to answer in the asked language (so the test can
-    check language and verdict end to end), merged and saved like jobs/train_explain.py does."""
+    check language and verdict end to end), merged and saved like jobs/train_explain.py does. Its
+    explanations end "match" while its answer to the verdict-only question is "no match", so the
+    test can tell which one the endpoint reports as the verdict."""
     import numpy as np
     import torch
 
     from gleam import storage
     from gleam.explain.model import LoraSettings, build_tiny_vlm, collate, load_vlm, merge_and_save
-    from gleam.explain.prompts import instruction
+    from gleam.explain.prompts import VERDICT_LINES, instruction, verdict_instruction
     from gleam.explain.train import EXPLAIN_META
     from types import SimpleNamespace
 
+    asks = {lang: verdict_instruction(lang, "uav", np.random.default_rng(0)) for lang in ANSWERS}
     base = build_tiny_vlm(str(root / "tiny-base"), list(ANSWERS.values()) * 20 + [
-        instruction(language, "uav", np.random.default_rng(0)) for language in ANSWERS] * 20)
+        instruction(language, "uav", np.random.default_rng(0)) for language in ANSWERS] * 20
+        + [VERDICT_LINES[lang][False] for lang in ANSWERS] * 20 + list(asks.values()) * 20)
     torch.manual_seed(0)
     model, processor = load_vlm(base, LoraSettings(r=8, alpha=16, dropout=0.0, train_projector=True,
                                                    modules_to_save=["embed_tokens", "lm_head"]))
     examples = [SimpleNamespace(query_image=s.query_image, satellite_image=s.satellite_image, answer=ANSWERS[lang],
                                 instruction=instruction(lang, "uav", np.random.default_rng(0)))
                 for s in samples[:3] for lang in ANSWERS]
+    examples += [SimpleNamespace(query_image=s.query_image, satellite_image=s.satellite_image,
+                                 answer=VERDICT_LINES[lang][False], instruction=asks[lang])
+                 for s in samples[:3] for lang in ANSWERS]
     batch = collate(examples, processor, 56, 256)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(30):
@@ -145,6 +152,14 @@ def direct_top_k(served, image_bytes: bytes, modality: str, k: int) -> list[dict
     embedder = Embedder(served["checkpoint"], device="cpu")
     index = GalleryIndex.load(served["index"])
     return index.search(embedder.embed([decode_image(image_bytes)], modality), k)[0]
+
+
+def test_unknown_verdict_prompt_is_refused_before_anything_starts():
+    from gleam.serving.app import check_artifacts
+    from gleam.serving.config import ServeAppConfig
+
+    with pytest.raises(ValueError, match=r"verdict_prompt: 'both' unknown; use one of \['verdict_only', 'explanation'\]"):
+        check_artifacts(ServeAppConfig(verdict_prompt="both", index="/nonexistent"))
 
 
 def test_healthz_and_gallery(served):
@@ -193,8 +208,11 @@ def test_localize_with_explanations_in_both_languages(served):
         explained = [c for c in candidates if "explanation" in c]
         assert len(explained) == 2
         for candidate in explained:  # the fitted tiny model answers in the asked language, with a verdict
-            assert candidate["language"] == language and candidate["verdict"] == "match", candidate
+            assert candidate["language"] == language and candidate["explanation_verdict"] == "match", candidate
             assert candidate["explanation"].endswith(ANSWERS[language].split()[-1]), candidate
+            # verify, then explain: the verdict is the answer to the verdict-only question
+            assert candidate["verdict"] == "no match" and candidate["verdict_source"] == "verdict_only", candidate
+            assert candidate["agrees"] is False, candidate
     tile_id = served["samples"][1].location_id
     response = httpx.post(served["url"] + "/v1/explain", timeout=120,
                           json={"query": base64.b64encode(query).decode(), "tile_id": tile_id,
@@ -300,5 +318,14 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
             page.set_input_files("#image", str(bad))
             page.click("#submit")
             page.wait_for_function("document.querySelector('#error').textContent.includes('415')", timeout=30_000)
+            # with explanations: the verdict (verdict-only question) and, as it differs, what the
+            # explanation concludes
+            page.set_input_files("#image", str(upload))
+            page.select_option("#modality", "uav")
+            page.check("#explain")
+            page.click("#submit")
+            page.wait_for_selector("body[data-state=done]", timeout=120_000)
+            assert page.locator("#results .card .verdict-no").count() == 2
+            assert page.locator("#results .card .disagree").first.text_content().endswith('"match"')
         finally:
             browser.close()

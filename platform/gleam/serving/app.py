@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from gleam.retrieval.index import json_coordinate
-from gleam.serving.config import DeploymentSection, ServeAppConfig
+from gleam.serving.config import VERDICT_PROMPTS, DeploymentSection, ServeAppConfig
 from gleam.serving.requests import (LocalizeRequest, RequestError, check_fields, decode_base64_image,
                                     decode_image_bytes, parse_bool, parse_int, parse_language,
                                     parse_modality)
@@ -89,40 +89,66 @@ class RetrieverImpl:
 
 
 class ExplainerImpl:
-    """GLEAM-X: (query, satellite, view, language) -> verdict + explanation (no Ray)."""
+    """GLEAM-X: (query, satellite, view, language) -> verdict + explanation (no Ray).
 
-    def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 96):
+    Verify, then explain: with ``verdict_prompt="verdict_only"`` each pair is also asked the
+    verdict-only question, and that answer is the verdict (``verdict_source: verdict_only``); the
+    explanation's own verdict line is reported beside it (``explanation_verdict``, ``agrees``)."""
+
+    def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 96,
+                 verdict_prompt: str = "verdict_only"):
         import torch
 
         from gleam.explain.model import LoraSettings, load_vlm
 
+        _check_verdict_prompt(verdict_prompt)
         self.model, self.processor = load_vlm(model, LoraSettings(enabled=False), dtype="float32", device=device)
         self.model.eval()
         self.image_size = int(getattr(self.model.config, "gleam_image_size", 0) or _read_image_size(model))
         self.max_new_tokens = max_new_tokens
+        self.verdict_prompt = verdict_prompt
         self.torch = torch
         self.stats = _new_stats()
 
     def explain_many(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
+        from gleam.explain.evaluate import VERDICT_ONLY_NEW_TOKENS
         from gleam.explain.model import generate
-        from gleam.explain.prompts import instruction, parse_answer
+        from gleam.explain.prompts import instruction, parse_answer, verdict_instruction
+
+        def label(verdict: bool | None) -> str | None:
+            return None if verdict is None else ("match" if verdict else "no match")
 
         started = time.perf_counter()
-        examples = []
+        explain, verify = [], []
         for query, satellite, modality, language in items:
-            rng = np.random.default_rng(0)  # the canonical phrasing: same request, same answer
-            examples.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
-                                            instruction=instruction(language, modality, rng)))
+            # the canonical phrasing (the first drawn by a fixed seed): same request, same answer
+            explain.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
+                                           instruction=instruction(language, modality, np.random.default_rng(0))))
+            verify.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
+                                          instruction=verdict_instruction(language, modality, np.random.default_rng(0))))
         with self.torch.no_grad():
-            texts = generate(self.model, self.processor, examples, image_size=self.image_size,
+            texts = generate(self.model, self.processor, explain, image_size=self.image_size,
                              max_new_tokens=self.max_new_tokens)
+            asked = ([parse_answer(t).verdict for t in generate(
+                self.model, self.processor, verify, image_size=self.image_size,
+                max_new_tokens=VERDICT_ONLY_NEW_TOKENS)] if self.verdict_prompt == "verdict_only"
+                else [None] * len(items))
         out = []
-        for text, (_, _, _, language) in zip(texts, items):
+        for text, answer, (_, _, _, language) in zip(texts, asked, items):
             parsed = parse_answer(text)
-            out.append({"verdict": None if parsed.verdict is None else ("match" if parsed.verdict else "no match"),
+            verdict, source = (answer, "verdict_only") if answer is not None else (parsed.verdict, "explanation")
+            out.append({"verdict": label(verdict), "verdict_source": source if verdict is not None else None,
+                        "explanation_verdict": label(parsed.verdict),
+                        "agrees": None if verdict is None or parsed.verdict is None else verdict == parsed.verdict,
                         "well_formed": bool(parsed.well_formed), "language": language, "explanation": text})
         _record_batch(self.stats, len(items), time.perf_counter() - started)
         return out
+
+
+def _check_verdict_prompt(value: str) -> None:
+    if value not in VERDICT_PROMPTS:
+        raise ValueError(f"verdict_prompt: {value!r} unknown; use one of {list(VERDICT_PROMPTS)} "
+                         "(where a candidate's verdict comes from)")
 
 
 def _read_image_size(model: str) -> int:
@@ -167,8 +193,9 @@ class Retriever:
 
 @serve.deployment(name="Explainer")
 class Explainer:
-    def __init__(self, model: str, device: str, max_new_tokens: int, max_batch_size: int, batch_wait_timeout_s: float):
-        self.impl = ExplainerImpl(model, device, max_new_tokens)
+    def __init__(self, model: str, device: str, max_new_tokens: int, max_batch_size: int, batch_wait_timeout_s: float,
+                 verdict_prompt: str = "verdict_only"):
+        self.impl = ExplainerImpl(model, device, max_new_tokens, verdict_prompt)
         self.explain.set_max_batch_size(max_batch_size)
         self.explain.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -384,6 +411,7 @@ def check_artifacts(config: ServeAppConfig) -> None:
     """Fail at build time, with the command that makes it, when a model or index is missing."""
     from gleam import storage
 
+    _check_verdict_prompt(config.verdict_prompt)
     if not storage.exists(storage.join(config.index, "index.faiss")):
         raise ValueError(f"index: no gallery index at {config.index!r}; build one with "
                          "`python jobs/build_index.py --config configs/build-index-local.yaml` or pass index=<folder>")
@@ -406,7 +434,7 @@ def build_app(config: ServeAppConfig) -> Any:
         section = config.explainer_deployment
         explainer = Explainer.options(**_deployment_options(section)).bind(
             config.explainer, config.device, config.max_new_tokens, section.max_batch_size,
-            section.batch_wait_timeout_s)
+            section.batch_wait_timeout_s, config.verdict_prompt)
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "languages": list(config.languages)}

@@ -35,6 +35,9 @@ class DeploymentSection:
     autoscaling: AutoscalingSection = field(default_factory=AutoscalingSection)
 
 
+VERDICT_PROMPTS = ("verdict_only", "explanation")
+
+
 @dataclass
 class ServeAppConfig:
     """Root config of ``serve_apps.gleam:app``."""
@@ -48,6 +51,11 @@ class ServeAppConfig:
     max_top_k: int = 100
     explain_top: int = 3  # how many of the top-k candidates GLEAM-X verifies
     max_new_tokens: int = 96
+    # where a candidate's verdict comes from: "verdict_only" asks GLEAM-X the verdict-only question
+    # first (a few tokens; the measured-accurate answer of a label-only-trained model) and falls back
+    # to the explanation's own verdict line when that answer does not parse; "explanation" uses the
+    # explanation's verdict line alone
+    verdict_prompt: str = "verdict_only"  # one of VERDICT_PROMPTS
     max_image_bytes: int = 8 * 2**20
     max_batch_images: int = 64
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES))
