@@ -86,7 +86,7 @@ def test_serve_local_config():
     check_serve_config(config)
     assert config["applications"][0]["args"] == {
         "index": "runs/index-local", "checkpoint": "runs/gleam-c-local/final",
-        "explainer": "runs/gleam-x-local/final", "device": "cpu"}
+        "explainer": "runs/gleam-x-local/final", "verdict_prompt": "verdict_only", "device": "cpu"}
     assert config["http_options"]["host"] == "127.0.0.1"
 
 
