@@ -47,6 +47,33 @@ VARIANTS = {"explanations": (0.0, False, True), "explanations+label_only": (1.0,
             "warm_start": (1.0, True, True), "label_only": (0.0, True, False)}
 
 
+def colour_pair_auc(world: str, modalities: list[str], seed: int = 1) -> dict:
+    """How far colour alone separates the validation pairs: the AUC of a colour-histogram distance
+    (``gleam.data.synth.baseline``) over the same positives and random negatives the runs are
+    scored on (``build_examples`` with the validation seed, run.seed + 1)."""
+    import numpy as np
+
+    from gleam.data.schema import decode_image
+    from gleam.data.synth.baseline import chi_square_distances, colour_histogram
+    from gleam.explain.dataset import build_examples
+    from gleam.explain.train import _read_split
+
+    examples = build_examples(_read_split(world, "val", modalities), hard_fraction=0.0, seed=seed)
+    histograms = {}
+
+    def histogram(data: bytes) -> np.ndarray:
+        if id(data) not in histograms:
+            histograms[id(data)] = colour_histogram(decode_image(data))
+        return histograms[id(data)]
+
+    closeness = np.array([-chi_square_distances(histogram(e.query_image)[None], histogram(e.satellite_image)[None])[0, 0]
+                          for e in examples])
+    match = np.array([bool(e.match) for e in examples])
+    positives, negatives = closeness[match], closeness[~match]
+    wins = (positives[:, None] > negatives[None, :]).mean() + 0.5 * (positives[:, None] == negatives[None, :]).mean()
+    return {"auc": round(float(wins), 4), "pairs": len(examples)}
+
+
 def cell(report: dict) -> dict:
     accuracy = report["match"]["accuracy"]
     n = report["match"]["support"]
@@ -89,7 +116,7 @@ def main() -> None:
                      "val_locations": args.val_locations, "modalities": modalities,
                      "steps": args.epochs * args.steps_per_epoch, "global_batch": 12,
                      "image_size": args.image_size, "world_seconds": round(time.perf_counter() - started, 1),
-                     "variants": {}}
+                     "colour_histogram_val_pairs": colour_pair_auc(world, modalities), "variants": {}}
     previous = {}
     if os.path.exists(args.out):
         with open(args.out) as handle:
