@@ -160,13 +160,29 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _save_checkpoint(folder: str, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+def _gathered_trainable_state(model: Any, zero_stage: int) -> dict[str, torch.Tensor]:
+    """``trainable_state_dict`` of ``model``; under ZeRO-3 its partitioned parameters are gathered
+    first, which is a collective: every rank must call this."""
+    from gleam.explain.model import trainable_state_dict
+
+    if zero_stage != 3:
+        return trainable_state_dict(model)
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        return trainable_state_dict(model)
+
+
+def _save_checkpoint(folder: str, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+                     weights: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file
 
     from gleam.core.checkpoint import TRAINER_STATE, save_optimizer
     from gleam.explain.model import trainable_state_dict
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()},
+    weights = trainable_state_dict(model) if weights is None else weights
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
               os.path.join(folder, TRAINABLE_WEIGHTS))
     record = dict(state)
     if optimizer is not None:
@@ -197,14 +213,19 @@ def _validation_loss(model: Any, processor: Any, examples: list[Any], config: Tr
     from gleam.explain.model import collate
 
     mine = examples[rank::world]
+    # every rank runs the same number of forward passes (ZeRO-3 gathers weights collectively in
+    # each); a rank out of examples repeats one with weight 0
+    share = -(-len(examples) // world)
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(mine), config.train.eval_batch):
+        for start in range(0, share, config.train.eval_batch):
             chunk = mine[start:start + config.train.eval_batch]
+            weight = len(chunk)
+            chunk = chunk or (mine or examples)[:1]
             batch = _to_device(collate(chunk, processor, config.model.image_size, config.model.max_length), device)
-            total += float(model(**batch).loss) * len(chunk)
-            count += len(chunk)
+            total += float(model(**batch).loss) * weight
+            count += weight
     model.train()
     values = torch.tensor([total, count], dtype=torch.float64)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -242,9 +263,21 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     total_steps = sum(len(batches(epoch)) for epoch in range(config.train.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
+    state: dict[str, Any] = {"epoch": -1, "global_step": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    zero_stage = config.deepspeed.stage if use_deepspeed else 0
     if use_deepspeed:
+        if device.type == "cpu":  # DeepSpeed's CPU accelerator (gloo, C++ ops built on first use)
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
+        if checkpoint is not None:
+            # weights go in before DeepSpeed copies (ZeRO-3: partitions) them into its optimizer;
+            # its optimizer moments and LR position are not in the checkpoint and start afresh
+            with checkpoint.as_directory() as folder:
+                state = _load_checkpoint(folder, model)
+            log.warning("rank %d resumed after epoch %d with DeepSpeed: weights restored, optimizer "
+                        "moments and the LR schedule start afresh", rank, state["epoch"])
         ds_config = deepspeed_config(config.deepspeed, config.train.per_worker_batch, config.optim, total_steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, model_parameters=params,
                                                                config=ds_config)
@@ -255,14 +288,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
         scheduler = cosine_with_warmup(optimizer, total_steps, config.optim.warmup_steps, config.optim.min_lr_ratio)
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-
-    state: dict[str, Any] = {"epoch": -1, "global_step": 0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = _load_checkpoint(folder, unwrap(wrapped), None if use_deepspeed else optimizer,
-                                     None if use_deepspeed else scheduler)
-        log.info("rank %d resumed after epoch %d (step %d)", rank, state["epoch"], state["global_step"])
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                state = _load_checkpoint(folder, unwrap(wrapped), optimizer, scheduler)
+            log.info("rank %d resumed after epoch %d (step %d)", rank, state["epoch"], state["global_step"])
 
     for epoch in range(state["epoch"] + 1, config.train.epochs):
         started = time.perf_counter()
@@ -300,10 +329,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics["val_loss"] = _validation_loss(wrapped, processor, val_examples, config, device, rank, world)
         state["epoch"] = epoch
         state["history"].append(metrics)
+        weights = _gathered_trainable_state(unwrap(wrapped), zero_stage)  # all ranks (ZeRO-3 gathers)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 _save_checkpoint(folder, unwrap(wrapped), None if use_deepspeed else optimizer,
-                                 None if use_deepspeed else scheduler, state)
+                                 None if use_deepspeed else scheduler, state, weights)
                 storage.write_text(storage.join(config.run_dir(), "metrics.jsonl"),
                                    "".join(json.dumps(r) + "\n" for r in state["history"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
@@ -537,5 +567,6 @@ def _check(config: TrainExplainConfig) -> None:
                          f"[0, train.epochs={config.train.epochs}] (the first epochs that train on "
                          "verdict-only twins of the pairs)")
     if config.deepspeed.enabled and config.ray.gpus_per_worker <= 0:
-        log.warning("deepspeed.enabled without GPUs: DeepSpeed's CPU path needs its CPU accelerator "
-                    "(DS_ACCELERATOR=cpu) and is slow; DDP is the CPU default")
+        log.warning("deepspeed.enabled without GPUs: workers use DeepSpeed's CPU accelerator (gloo; it "
+                    "builds C++ ops with g++ on first use, about a minute) and it is slower than DDP, the "
+                    "CPU default; set deepspeed.bf16=false unless the CPU has fast bfloat16")
