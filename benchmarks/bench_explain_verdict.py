@@ -4,7 +4,8 @@ against the majority-class baseline.
 
     python benchmarks/bench_explain_verdict.py [--locations 384] [--val-locations 96]
         [--modalities uav] [--steps-per-epoch 64] [--epochs 10] [--warm-epochs 6]
-        [--variants explanations,explanations+label_only,warm_start,label_only] [--work ...]
+        [--variants explanations,explanations+label_only,warm_start,label_only,warm_start+example_loss]
+        [--work /tmp/gleam-bench-explain]
 
 Makes a synthetic world (all four biomes, ``--modalities`` views, 64 px; kept in ``--work`` and
 reused), then fine-tunes the tiny Qwen2.5-VL twice with the real job code path
@@ -12,7 +13,8 @@ reused), then fine-tunes the tiny Qwen2.5-VL twice with the real job code path
 steps: once on explanations only, once with a label-only twin of every pair added
 (``data.verdict_only_fraction=1``), and once more with that data after ``--warm-epochs`` epochs
 on the label-only twins alone (``train.verdict_only_epochs``; this run is that much longer), and
-with those label-only epochs only (``label_only``). Each model answers every validation pair twice: with an
+with those label-only epochs only (``label_only``); ``warm_start+example_loss`` averages the loss per
+example instead of per token (``train.loss_reduction``). Each model answers every validation pair twice: with an
 explanation prompt (the verdict parsed from its last line) and with a verdict-only prompt.
 Reports accuracy, the majority baseline and one binomial standard error per cell. JSON goes to
 ``benchmarks/results/explain_verdict.json``; variants not run this time keep their earlier entry.
@@ -42,9 +44,11 @@ def make_world(folder: str, locations: int, val_locations: int, modalities: list
         "synth.regions_per_split=4", "synth.locations_per_task=24"]))
 
 
-# name -> (data.verdict_only_fraction, label-only epochs first, then the --epochs of all data?)
-VARIANTS = {"explanations": (0.0, False, True), "explanations+label_only": (1.0, False, True),
-            "warm_start": (1.0, True, True), "label_only": (0.0, True, False)}
+# name -> (data.verdict_only_fraction, label-only epochs first, then the --epochs of all data?,
+#          train.loss_reduction)
+VARIANTS = {"explanations": (0.0, False, True, "token"), "explanations+label_only": (1.0, False, True, "token"),
+            "warm_start": (1.0, True, True, "token"), "label_only": (0.0, True, False, "token"),
+            "warm_start+example_loss": (1.0, True, True, "example")}
 
 
 def colour_pair_auc(world: str, modalities: list[str], seed: int = 1) -> dict:
@@ -126,20 +130,20 @@ def main() -> None:
             if name in previous:
                 results["variants"][name] = previous[name]
             continue
-        fraction, warm, then_all = VARIANTS[name]
+        fraction, warm, then_all, reduction = VARIANTS[name]
         warm_epochs = args.warm_epochs if warm else 0
         epochs = warm_epochs + (args.epochs if then_all else 0)
         config = load_config(TrainExplainConfig, str(ROOT / "configs" / "explain-local.yaml"), [
             f"data.source={world}", f"run.output_dir={os.path.join(args.work, 'runs')}", f"run.name={name}",
             f"data.modalities=[{', '.join(modalities)}]", f"data.verdict_only_fraction={fraction}",
             f"data.max_val_examples={2 * args.val_locations * len(modalities)}",
-            f"train.epochs={epochs}", f"train.verdict_only_epochs={warm_epochs}",
+            f"train.epochs={epochs}", f"train.verdict_only_epochs={warm_epochs}", f"train.loss_reduction={reduction}",
             f"train.max_steps_per_epoch={args.steps_per_epoch}",
             "train.per_worker_batch=6", "train.eval_batch=16", "train.max_new_tokens=128", "train.eval_every=0",
             f"model.image_size={args.image_size}", "model.max_length=320", "ray.num_workers=2"])
         begun = time.perf_counter()
         summary = train_explain(config)
-        entry = {"verdict_only_fraction": fraction, "verdict_only_epochs": warm_epochs,
+        entry = {"verdict_only_fraction": fraction, "verdict_only_epochs": warm_epochs, "loss_reduction": reduction,
                  "steps": epochs * args.steps_per_epoch,
                  "train_examples": summary["data"]["train_examples"],
                  "seconds": round(time.perf_counter() - begun, 1), "final_loss": summary["final"].get("loss")}

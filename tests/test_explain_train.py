@@ -197,6 +197,48 @@ def test_warm_start_examples_are_the_label_only_twins_of_every_pair():
     assert [e.query_image for e in warm] == [b"q"] * 3
 
 
+def test_answer_loss_per_token_or_per_example():
+    import torch
+    from types import SimpleNamespace
+
+    from gleam.explain.train import answer_loss
+
+    class Toy(torch.nn.Module):  # a causal LM's interface: logits, and its own token-mean loss
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.table = torch.nn.Embedding(11, 11)
+
+        def forward(self, input_ids, attention_mask=None, labels=None):
+            logits = self.table(input_ids)
+            loss = None if labels is None else torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
+            return SimpleNamespace(logits=logits, loss=loss)
+
+    model = Toy()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]])
+    # example 0 answers with 4 tokens, example 1 with 1 (a bare verdict), padding ignored
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6], [-100, -100, -100, 10, -100, -100]])
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": labels}
+    logits = model.table(ids)
+    nll = -torch.log_softmax(logits, dim=-1)
+    first = torch.stack([nll[0, t - 1, ids[0, t]] for t in (2, 3, 4, 5)])
+    second = nll[1, 2, 10]
+    torch.testing.assert_close(answer_loss(model, batch, "token"), torch.cat([first, second[None]]).mean())
+    torch.testing.assert_close(answer_loss(model, batch, "example"), (first.mean() + second) / 2)
+    with pytest.raises(ValueError, match="train.loss_reduction: 'sum' unknown"):
+        answer_loss(model, batch, "sum")
+
+
+def test_unknown_loss_reduction_is_a_config_error(tmp_path):
+    from gleam.explain.train import train_explain
+
+    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 1, "train.loss_reduction=mean")
+    with pytest.raises(ValueError, match=r"train\.loss_reduction: 'mean' unknown; use one of \['token', 'example'\]"):
+        train_explain(config)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_deepspeed_config_for_zero_2_and_3():
     from gleam.explain.train import DeepSpeedSection, ExplainOptimSection, deepspeed_config
 

@@ -77,6 +77,11 @@ class ExplainTrainSection:
     # line follows from the explanation text, so its loss asks nothing of the images); the warm
     # start makes the model compare the two views first.
     verdict_only_epochs: int = 0
+    # how the answer-token losses of a batch are averaged: "token" (the Hugging Face default: every
+    # answer token counts once, so a long explanation outweighs a one-line verdict ~60:1) or
+    # "example" (each example's mean, then the batch mean: label-only and explanation examples
+    # weigh the same)
+    loss_reduction: str = "token"
     eval_every: int = 1  # validation loss every N epochs (generation metrics at the end)
     max_new_tokens: int = 128
     eval_batch: int = 16
@@ -158,6 +163,31 @@ def _epoch_batches(count: int, epoch: int, seed: int, rank: int, world: int, bat
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+LOSS_REDUCTIONS = ("token", "example")
+
+
+def answer_loss(model: Any, batch: dict[str, Any], reduction: str = "token") -> torch.Tensor:
+    """The causal-LM loss over the answer tokens (``labels`` != -100) of ``batch``.
+
+    ``token``: the model's own loss, a mean over all answer tokens of the batch. ``example``: the
+    mean over each example's answer tokens, then over the examples that have any."""
+    if reduction == "token":
+        return model(**batch).loss
+    if reduction != "example":
+        raise ValueError(f"train.loss_reduction: {reduction!r} unknown; use one of {list(LOSS_REDUCTIONS)}")
+    from gleam.explain.model import IGNORE_INDEX
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:].to(logits.device)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                  ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+    counts = (targets != IGNORE_INDEX).sum(dim=1)
+    has_answer = counts > 0
+    per_example = per_token.sum(dim=1)[has_answer] / counts[has_answer]
+    return per_example.mean()
 
 
 def _gathered_trainable_state(model: Any, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -300,7 +330,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         for indices in batches(epoch):
             batch = _to_device(collate([examples[i] for i in indices], processor, config.model.image_size,
                                        config.model.max_length), device)
-            loss = wrapped(**batch).loss
+            loss = answer_loss(wrapped, batch, config.train.loss_reduction)
             if use_deepspeed:
                 wrapped.backward(loss)
                 wrapped.step()
@@ -562,6 +592,9 @@ def _check(config: TrainExplainConfig) -> None:
     if not 0.0 <= config.data.verdict_only_fraction <= 1.0:
         raise ValueError(f"data.verdict_only_fraction: {config.data.verdict_only_fraction} is outside [0, 1] "
                          "(the share of training pairs also given as verdict-only examples)")
+    if config.train.loss_reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"train.loss_reduction: {config.train.loss_reduction!r} unknown; use one of "
+                         f"{list(LOSS_REDUCTIONS)}")
     if not 0 <= config.train.verdict_only_epochs <= config.train.epochs:
         raise ValueError(f"train.verdict_only_epochs: {config.train.verdict_only_epochs} must lie in "
                          f"[0, train.epochs={config.train.epochs}] (the first epochs that train on "
