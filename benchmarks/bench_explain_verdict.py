@@ -8,14 +8,14 @@ against the majority-class baseline.
         [--work /tmp/gleam-bench-explain]
 
 Makes a synthetic world (all four biomes, ``--modalities`` views, 64 px; kept in ``--work`` and
-reused), then fine-tunes the tiny Qwen2.5-VL twice with the real job code path
-(``gleam.explain.train.train_explain``: Ray Train, 2 DDP workers, LoRA) for the same number of
-steps: once on explanations only, once with a label-only twin of every pair added
-(``data.verdict_only_fraction=1``), and once more with that data after ``--warm-epochs`` epochs
-on the label-only twins alone (``train.verdict_only_epochs``; this run is that much longer), and
-with those label-only epochs only (``label_only``); ``warm_start+example_loss`` averages the loss per
-example instead of per token (``train.loss_reduction``). Each model answers every validation pair twice: with an
-explanation prompt (the verdict parsed from its last line) and with a verdict-only prompt.
+reused), then fine-tunes the tiny Qwen2.5-VL with the real job code path
+(``gleam.explain.train.train_explain``: Ray Train, 2 DDP workers, LoRA), once per variant:
+``explanations`` (explanations only), ``explanations+label_only`` (a label-only twin of every pair
+added, ``data.verdict_only_fraction=1``), ``warm_start`` (that data after ``--warm-epochs`` epochs
+on the twins alone, ``train.verdict_only_epochs``; that much longer), ``label_only`` (the
+warm-start epochs alone) and ``warm_start+example_loss`` (``warm_start`` with the loss averaged per
+example, ``train.loss_reduction=example``). Each model answers every validation pair twice: with
+an explanation prompt (the verdict parsed from its last line) and with a verdict-only prompt.
 Reports accuracy, the majority baseline and one binomial standard error per cell. JSON goes to
 ``benchmarks/results/explain_verdict.json``; variants not run this time keep their earlier entry.
 """
