@@ -359,7 +359,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics["val_loss"] = _validation_loss(wrapped, processor, val_examples, config, device, rank, world)
         state["epoch"] = epoch
         state["history"].append(metrics)
-        weights = _gathered_trainable_state(unwrap(wrapped), zero_stage)  # all ranks (ZeRO-3 gathers)
+        # ZeRO-3 gathers the partitioned weights collectively (every rank); otherwise rank 0 reads them
+        weights = _gathered_trainable_state(unwrap(wrapped), zero_stage) if zero_stage == 3 or rank == 0 else None
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 _save_checkpoint(folder, unwrap(wrapped), None if use_deepspeed else optimizer,

@@ -129,10 +129,11 @@ class ExplainerImpl:
         with self.torch.no_grad():
             texts = generate(self.model, self.processor, explain, image_size=self.image_size,
                              max_new_tokens=self.max_new_tokens)
-            asked = ([parse_answer(t).verdict for t in generate(
-                self.model, self.processor, verify, image_size=self.image_size,
-                max_new_tokens=VERDICT_ONLY_NEW_TOKENS)] if self.verdict_prompt == "verdict_only"
-                else [None] * len(items))
+            asked: list[bool | None] = [None] * len(items)
+            if self.verdict_prompt == "verdict_only":
+                asked = [parse_answer(t).verdict for t in generate(self.model, self.processor, verify,
+                                                                   image_size=self.image_size,
+                                                                   max_new_tokens=VERDICT_ONLY_NEW_TOKENS)]
         out = []
         for text, answer, (_, _, _, language) in zip(texts, asked, items):
             parsed = parse_answer(text)
