@@ -28,14 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.deepspeed]
 
 @pytest.fixture(scope="module")
 def world(ray_session, tmp_path_factory):
-    from gleam.data.make_shards import MakeShardsConfig, make_shards
+    from synth_world import make_world
 
-    dataset = str(tmp_path_factory.mktemp("deepspeed") / "synth")
-    make_shards(load_config(MakeShardsConfig, os.path.join(ROOT, "configs", "make-shards-local.yaml"), [
-        f"output={dataset}", "synth.locations={train: 24, val: 8}", "synth.distractors=0",
-        "synth.modalities=[uav]", "synth.image_size=64", "synth.regions_per_split=1",
-        "synth.biomes=[temperate]", "synth.locations_per_task=12"]))
-    return dataset
+    return make_world(str(tmp_path_factory.mktemp("deepspeed") / "synth"), "synth.locations={train: 24, val: 8}",
+                      "synth.modalities=[uav]", "synth.regions_per_split=1", "synth.biomes=[temperate]")
 
 
 def run(world: str, output: str, name: str, stage: int, epochs: int):

@@ -30,14 +30,10 @@ TRAIN_OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def world(ray_session, tmp_path_factory):
-    from gleam.data.make_shards import MakeShardsConfig, make_shards
+    from synth_world import make_world
 
-    dataset = str(tmp_path_factory.mktemp("explain") / "synth")
-    make_shards(load_config(MakeShardsConfig, os.path.join(ROOT, "configs", "make-shards-local.yaml"), [
-        f"output={dataset}", "synth.locations={train: 24, val: 8}", "synth.distractors=0",
-        "synth.modalities=[streetmap, uav]", "synth.image_size=64", "synth.regions_per_split=1",
-        "synth.biomes=[temperate]", "synth.locations_per_task=12"]))
-    return dataset
+    return make_world(str(tmp_path_factory.mktemp("explain") / "synth"), "synth.locations={train: 24, val: 8}",
+                      "synth.modalities=[streetmap, uav]", "synth.regions_per_split=1", "synth.biomes=[temperate]")
 
 
 def config_for(dataset: str, output: str, name: str, epochs: int, *extra: str):
@@ -159,22 +155,22 @@ def test_hard_negatives_come_from_a_gleam_c_checkpoint(world, tmp_path):
         assert example.satellite_location_id in close, (example.location_id, example.satellite_location_id)
 
 
-def test_verdict_only_fraction_outside_0_1_is_a_config_error(tmp_path):
+CONFIG_ERRORS = [
+    (1, "data.verdict_only_fraction=1.5", r"data\.verdict_only_fraction: 1\.5 is outside \[0, 1\]"),
+    (2, "train.verdict_only_epochs=3", r"train\.verdict_only_epochs: 3 must lie in \[0, train\.epochs=2\]"),
+    (1, "train.loss_reduction=mean",
+     r"train\.loss_reduction: 'mean' unknown; use one of \['token', 'example'\]"),
+]
+
+
+@pytest.mark.parametrize("epochs, override, message", CONFIG_ERRORS, ids=[e[1].split("=")[0] for e in CONFIG_ERRORS])
+def test_bad_training_settings_are_config_errors(tmp_path, epochs, override, message):
     from gleam.explain.train import train_explain
 
-    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 1, "data.verdict_only_fraction=1.5")
-    with pytest.raises(ValueError, match=r"data\.verdict_only_fraction: 1\.5 is outside \[0, 1\]"):
+    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", epochs, override)
+    with pytest.raises(ValueError, match=message):
         train_explain(config)
     assert not (tmp_path / "runs").exists()  # refused before anything is written
-
-
-def test_verdict_only_epochs_beyond_the_run_is_a_config_error(tmp_path):
-    from gleam.explain.train import train_explain
-
-    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 2, "train.verdict_only_epochs=3")
-    with pytest.raises(ValueError, match=r"train\.verdict_only_epochs: 3 must lie in \[0, train\.epochs=2\]"):
-        train_explain(config)
-    assert not (tmp_path / "runs").exists()
 
 
 def test_warm_start_examples_are_the_label_only_twins_of_every_pair():
@@ -228,15 +224,6 @@ def test_answer_loss_per_token_or_per_example():
     torch.testing.assert_close(answer_loss(model, batch, "example"), (first.mean() + second) / 2)
     with pytest.raises(ValueError, match="train.loss_reduction: 'sum' unknown"):
         answer_loss(model, batch, "sum")
-
-
-def test_unknown_loss_reduction_is_a_config_error(tmp_path):
-    from gleam.explain.train import train_explain
-
-    config = config_for(str(tmp_path / "none"), str(tmp_path / "runs"), "bad", 1, "train.loss_reduction=mean")
-    with pytest.raises(ValueError, match=r"train\.loss_reduction: 'mean' unknown; use one of \['token', 'example'\]"):
-        train_explain(config)
-    assert not (tmp_path / "runs").exists()
 
 
 def test_deepspeed_config_for_zero_2_and_3():

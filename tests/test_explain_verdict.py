@@ -27,13 +27,11 @@ EPOCHS = 10  # of 32 steps (12 pairs each)
 
 @pytest.fixture(scope="module")
 def world(ray_session, tmp_path_factory):
-    from gleam.data.make_shards import MakeShardsConfig, make_shards
+    from synth_world import make_world
 
-    dataset = str(tmp_path_factory.mktemp("verdict") / "synth")
-    make_shards(load_config(MakeShardsConfig, os.path.join(ROOT, "configs", "make-shards-local.yaml"), [
-        f"output={dataset}", f"synth.locations={{train: {LOCATIONS}, val: {LOCATIONS}}}", "synth.distractors=0",
-        "synth.modalities=[uav]", "synth.image_size=64", "synth.regions_per_split=4", "synth.locations_per_task=12"]))
-    return dataset
+    return make_world(str(tmp_path_factory.mktemp("verdict") / "synth"),
+                      f"synth.locations={{train: {LOCATIONS}, val: {LOCATIONS}}}", "synth.modalities=[uav]",
+                      "synth.regions_per_split=4")
 
 
 def test_label_only_fine_tuning_beats_the_majority_baseline_on_new_regions(world, tmp_path):

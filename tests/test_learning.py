@@ -15,18 +15,17 @@ import pytest
 
 from gleam.config import load_config
 from gleam.core.train import TrainCoreConfig, train_core
-from gleam.data.make_shards import MakeShardsConfig, make_shards
+
+from synth_world import make_world
 
 LOCATIONS = 24
 
 
 @pytest.mark.slow
 def test_short_cpu_run_retrieves_far_above_chance(ray_session, tmp_path):
-    dataset = str(tmp_path / "synth")
-    make_shards(load_config(MakeShardsConfig, "configs/make-shards-local.yaml", [
-        f"output={dataset}", f"synth.locations={{train: {LOCATIONS}}}", "synth.distractors=0",
-        "synth.modalities=[streetmap, panorama]", "synth.image_size=64", "synth.panorama_width=128",
-        "synth.regions_per_split=1", "synth.biomes=[temperate]", "synth.locations_per_task=12"]))
+    dataset = make_world(str(tmp_path / "synth"), f"synth.locations={{train: {LOCATIONS}}}",
+                         "synth.modalities=[streetmap, panorama]", "synth.panorama_width=128",
+                         "synth.regions_per_split=1", "synth.biomes=[temperate]")
     config = load_config(TrainCoreConfig, "configs/local-cpu.yaml", [
         f"data.dataset={dataset}", "data.val_split=train", "data.val_distractors=false",
         f"run.output_dir={tmp_path / 'runs'}", "run.name=learn", "model.image_size=64",

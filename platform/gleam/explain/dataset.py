@@ -117,12 +117,25 @@ def _balanced(values: Sequence[str], count: int, rng: random.Random) -> list[str
     return out
 
 
+def _twin_id(example_id: str) -> str:
+    return f"{example_id}--verdict"
+
+
 def verdict_only(example: ExplainExample, rng: Any = None) -> ExplainExample:
     """The label-only twin of ``example``: same images and label, a verdict-only instruction, and
     the verdict line as the whole answer."""
-    return replace(example, id=f"{example.id}--verdict", task="verdict",
+    return replace(example, id=_twin_id(example.id), task="verdict",
                    instruction=verdict_instruction(example.language, example.modality, rng),
                    answer=VERDICT_LINES[example.language][bool(example.match)])
+
+
+def label_only_examples(examples: Iterable[ExplainExample], rng: Any = None) -> list[ExplainExample]:
+    """Every pair of ``examples`` once, label-only, in order: the label-only examples as they are,
+    and the ``verdict_only`` twin of each explanation example whose twin is not already there."""
+    examples = list(examples)
+    present = {e.id for e in examples if e.task == "verdict"}
+    return [e if e.task == "verdict" else verdict_only(e, rng)
+            for e in examples if e.task == "verdict" or _twin_id(e.id) not in present]
 
 
 def build_examples(samples: Iterable[Sample], *, languages: Sequence[str] = LANGUAGES,

@@ -168,15 +168,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 LOSS_REDUCTIONS = ("token", "example")
 
 
+def _check_loss_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"train.loss_reduction: {reduction!r} unknown; use one of {list(LOSS_REDUCTIONS)}")
+
+
 def answer_loss(model: Any, batch: dict[str, Any], reduction: str = "token") -> torch.Tensor:
     """The causal-LM loss over the answer tokens (``labels`` != -100) of ``batch``.
 
     ``token``: the model's own loss, a mean over all answer tokens of the batch. ``example``: the
     mean over each example's answer tokens, then over the examples that have any."""
+    _check_loss_reduction(reduction)
     if reduction == "token":
         return model(**batch).loss
-    if reduction != "example":
-        raise ValueError(f"train.loss_reduction: {reduction!r} unknown; use one of {list(LOSS_REDUCTIONS)}")
     from gleam.explain.model import IGNORE_INDEX
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -481,17 +485,9 @@ def warm_start_examples(train: list[Any], seed: int) -> list[Any]:
     has none yet (``data.verdict_only_fraction`` twins are not doubled)."""
     import random
 
-    from gleam.explain.dataset import verdict_only
+    from gleam.explain.dataset import label_only_examples
 
-    rng = random.Random(seed + 2)
-    labelled = {e.id for e in train if getattr(e, "task", "explain") == "verdict"}
-    warm = []
-    for example in train:
-        if getattr(example, "task", "explain") == "verdict":
-            warm.append(example)
-        elif f"{example.id}--verdict" not in labelled:
-            warm.append(verdict_only(example, rng))
-    return warm
+    return label_only_examples(train, random.Random(seed + 2))
 
 
 def _loaded(examples: Any, report: dict[str, Any], name: str) -> list[Any]:
@@ -593,9 +589,7 @@ def _check(config: TrainExplainConfig) -> None:
     if not 0.0 <= config.data.verdict_only_fraction <= 1.0:
         raise ValueError(f"data.verdict_only_fraction: {config.data.verdict_only_fraction} is outside [0, 1] "
                          "(the share of training pairs also given as verdict-only examples)")
-    if config.train.loss_reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"train.loss_reduction: {config.train.loss_reduction!r} unknown; use one of "
-                         f"{list(LOSS_REDUCTIONS)}")
+    _check_loss_reduction(config.train.loss_reduction)
     if not 0 <= config.train.verdict_only_epochs <= config.train.epochs:
         raise ValueError(f"train.verdict_only_epochs: {config.train.verdict_only_epochs} must lie in "
                          f"[0, train.epochs={config.train.epochs}] (the first epochs that train on "

@@ -124,13 +124,15 @@ class ExplainerImpl:
             # the canonical phrasing (the first drawn by a fixed seed): same request, same answer
             explain.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
                                            instruction=instruction(language, modality, np.random.default_rng(0))))
-            verify.append(SimpleNamespace(query_image=query, satellite_image=satellite, answer=None,
-                                          instruction=verdict_instruction(language, modality, np.random.default_rng(0))))
+            if self.verdict_prompt == "verdict_only":
+                verify.append(SimpleNamespace(
+                    query_image=query, satellite_image=satellite, answer=None,
+                    instruction=verdict_instruction(language, modality, np.random.default_rng(0))))
         with self.torch.no_grad():
             texts = generate(self.model, self.processor, explain, image_size=self.image_size,
                              max_new_tokens=self.max_new_tokens)
             asked: list[bool | None] = [None] * len(items)
-            if self.verdict_prompt == "verdict_only":
+            if verify:
                 asked = [parse_answer(t).verdict for t in generate(self.model, self.processor, verify,
                                                                    image_size=self.image_size,
                                                                    max_new_tokens=VERDICT_ONLY_NEW_TOKENS)]
