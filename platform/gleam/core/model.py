@@ -1,9 +1,10 @@
 """The GLEAM-C encoder: one shared timm backbone for every view, an optional projection head,
 L2-normalised embeddings and the learnable logit scale of the contrastive loss.
 
-Backbones come from ``timm.create_model`` by name, never from a hub: ``pretrained_path`` loads
-a local weight file (safetensors or a torch state dict) through timm's own pretrained-config
-mechanism.  Checkpoints are a folder with ``model.safetensors`` and ``config.json``; nothing is
+Backbones come from ``timm.create_model`` by name, never from a hub: ``pretrained`` names
+ImageNet weights that ship inside a pinned registry package (``gleam.core.pretrained``:
+``efficientnet_lite0`` / ``_lite1`` / ``_lite2``), ``pretrained_path`` loads a local weight file
+(safetensors or a torch state dict) through timm's own pretrained-config mechanism.  Checkpoints are a folder with ``model.safetensors`` and ``config.json``; nothing is
 unpickled.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,12 @@ class ModelConfig:
     """Which backbone, how embeddings are produced, and the input sizes per view."""
 
     backbone: str = "convnext_atto"  # any timm model name (LayerNorm: safe for mixed-size batches)
+    pretrained: str | None = None  # named weights from an installed package (gleam.core.pretrained)
     pretrained_path: str | None = None  # local weight file; None: random init (no downloads)
+    # BatchNorm backbones (EfficientNet): "frozen" keeps the pretrained running statistics (eval
+    # mode, affine parameters still learn); "batch" normalises with each forward's own statistics
+    # (one forward per image shape in a mixed batch). LayerNorm backbones ignore it.
+    batchnorm: Literal["frozen", "batch"] = "frozen"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {dynamic_img_size: true} for ViTs
     embedding_dim: int | None = 256  # projection head output; None: backbone features as they are
     image_size: int = 128  # square views: satellite, uav, streetmap, ground
@@ -49,6 +55,20 @@ def create_backbone(config: ModelConfig) -> nn.Module:
     import timm
 
     kwargs = dict(config.backbone_kwargs)
+    if config.pretrained and config.pretrained_path:
+        raise ValueError("model.pretrained and model.pretrained_path are exclusive: name packaged "
+                         "weights or give a file, not both")
+    if config.pretrained:
+        from gleam.core.pretrained import get_weights, load_pretrained_state
+
+        row = get_weights(config.pretrained)
+        if config.backbone != row.architecture:
+            raise ValueError(f"model.pretrained: {config.pretrained} weights fit the timm backbone "
+                             f"'{row.architecture}', but model.backbone is '{config.backbone}'; set "
+                             f"model.backbone: {row.architecture}")
+        backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **kwargs)
+        backbone.load_state_dict(load_pretrained_state(config.pretrained, num_classes=0), strict=True)
+        return backbone
     if config.pretrained_path:
         if not os.path.isfile(config.pretrained_path):
             raise FileNotFoundError(
@@ -78,9 +98,19 @@ class GleamEncoder(nn.Module):
         self.embedding_dim = config.embedding_dim or features
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)),
                                         requires_grad=config.learn_logit_scale)
+        self.train()  # applies the batchnorm policy from the start
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(images)), dim=-1)
+
+    def train(self, mode: bool = True) -> "GleamEncoder":
+        """``nn.Module.train``, keeping BatchNorm layers in eval mode when ``batchnorm: frozen``."""
+        super().train(mode)
+        if mode and self.config.batchnorm == "frozen":
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def data_config(self) -> dict[str, Any]:
         """timm's normalisation settings for this backbone (mean, std, interpolation)."""
@@ -111,6 +141,7 @@ class GleamEncoder(nn.Module):
             raise FileNotFoundError(f"{directory}: not a GLEAM-C checkpoint (no {CONFIG_NAME})")
         config = from_dict(ModelConfig, storage.read_json(config_url), config_url)
         config.pretrained_path = None  # the checkpoint carries all weights
+        config.pretrained = None
         model = cls(config)
         model.load_state_dict(load(storage.read_bytes(storage.join(directory, WEIGHTS_NAME))))
         return model
@@ -118,5 +149,5 @@ class GleamEncoder(nn.Module):
 
 def describe(model: GleamEncoder) -> dict[str, Any]:
     """Backbone name, parameter count and embedding size, for logs and run reports."""
-    return {"backbone": model.config.backbone, "embedding_dim": model.embedding_dim,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {"backbone": model.config.backbone, "pretrained": model.config.pretrained,
+            "embedding_dim": model.embedding_dim, "parameters": sum(p.numel() for p in model.parameters())}
