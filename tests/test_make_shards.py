@@ -77,3 +77,32 @@ def test_splits_spread_over_regions_and_biomes():
     assert {p.split for p in distractors} == {"val", "test"}
     assert sum(p.stop - p.start for p in distractors) == 2 * config.distractors
     assert [world_for(config, "val", r).biome.name for r in range(4)] == config.biomes
+
+
+def test_full_region_spills_into_its_spill_region_and_the_report_says_where():
+    """A region that cannot hold its share never ends the run: the rest comes from the part's
+    spill region, deterministically, with unique ids; past both, a clear error."""
+    from gleam.config import SynthConfig
+    from gleam.data.make_shards import part_locations, plan_parts, spread_report, world_for
+
+    small = dict(size_m=900.0, modalities=["streetmap"], regions_per_split=1, locations_per_task=1000,
+                 biomes=["temperate"])
+    probe = SynthConfig(locations={"train": 1}, **small)
+    capacity = world_for(probe, "train", 0).capacity(1000)
+    spill_capacity = world_for(probe, "train", 1).capacity(1000)
+    assert 0 < capacity < 1000
+    synth = SynthConfig(locations={"train": capacity + 5}, locations_per_region=capacity + 5, **small)
+    (part,) = plan_parts(synth)
+    assert part.region == 0 and part.spill_region == 1
+    located = part_locations(synth, part)
+    ids = [loc.location_id for _, loc in located]
+    assert len(ids) == capacity + 5 == len(set(ids))
+    worlds = [w.world_id for w, _ in located]
+    assert worlds[:capacity] == [worlds[0]] * capacity and set(worlds[capacity:]) == {worlds[-1]} != {worlds[0]}
+    assert [loc.location_id for _, loc in part_locations(synth, part)] == ids  # deterministic
+    report = spread_report([{"split": "train", "spread": {w: worlds.count(w) for w in set(worlds)}}])
+    assert report["train"]["locations"]["regions"] == 2 and report["train"]["locations"]["total"] == capacity + 5
+    too_many = SynthConfig(locations={"train": capacity + spill_capacity + 3},
+                           locations_per_region=capacity + spill_capacity + 3, **small)
+    with pytest.raises(ValueError, match="lower synth.locations_per_region"):
+        part_locations(too_many, plan_parts(too_many)[0])

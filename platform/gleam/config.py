@@ -74,7 +74,7 @@ class SynthConfig:
     image_size: int = 256
     panorama_width: int = 512
     locations_per_task: int = 16
-    locations_per_region: int = 96  # a 2 km region holds ~160-270 points; more locations -> more regions
+    locations_per_region: int = 64  # a 2 km region holds ~117-196 query locations (measured); overflow spills
     regions_per_split: int = 1  # at least this many regions per split (locations spread evenly)
     biomes: list[str] = field(default_factory=list)  # region r gets biomes[r % len]; empty: from the seed
 

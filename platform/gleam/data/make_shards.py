@@ -51,6 +51,7 @@ class PartSpec:
     stop: int
     distractors: bool = False
     region: int = 0
+    spill_region: int | None = None  # where locations go that ``region`` cannot hold
 
 
 def _slices(count: int, per_region: int, step: int) -> list[tuple[int, int, int]]:
@@ -67,6 +68,9 @@ def plan_parts(synth: SynthConfig) -> list[PartSpec]:
 
     A split's locations are spread evenly over ``max(regions_per_split, ceil(count /
     locations_per_region))`` regions; distractor tiles of the evaluation splits likewise.
+    A region that cannot hold its share (a sparse road network) hands the rest to its own
+    spill region, a fresh region numbered after the split's planned ones (``spill_region``),
+    so a world of any size never stops on a full region; the report says where they went.
     """
     parts = []
     step = max(1, synth.locations_per_task)
@@ -74,12 +78,13 @@ def plan_parts(synth: SynthConfig) -> list[PartSpec]:
         regions = min(count, max(synth.regions_per_split, -(-count // max(1, synth.locations_per_region))))
         per_region = -(-count // max(1, regions))
         for chunk, (region, start, stop) in enumerate(_slices(count, per_region, step)):
-            parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, stop, region=region))
+            parts.append(PartSpec(f"{split}-{chunk:04d}", split, start, stop, region=region,
+                                  spill_region=regions + region))
         if synth.distractors and split != "train":
             per_region_distractors = -(-synth.distractors // max(1, regions))
             for chunk, (region, start, stop) in enumerate(_slices(synth.distractors, per_region_distractors, step)):
                 parts.append(PartSpec(f"{split}-distractors-{chunk:04d}", split, start, stop,
-                                      distractors=True, region=region))
+                                      distractors=True, region=region, spill_region=regions + region))
     return parts
 
 
@@ -103,20 +108,47 @@ def _location_metadata(world: Any, location: Any, synth: SynthConfig) -> dict[st
             "tile_size_m": world.config.tile_size_m, "tile_bounds_latlon": list(world.tile_bounds_latlon(location))}
 
 
+def part_locations(synth: SynthConfig, part: PartSpec) -> list[tuple[Any, Any]]:
+    """``(world, location)`` of every location (or distractor tile) of a part, in order.
+
+    Locations ``[start, stop)`` of the part's region; those beyond what the region can hold
+    come, in the same order, from its spill region (after that region's capacity is known,
+    deterministically, so every part of a region agrees).  Raises ``ValueError`` naming the
+    region when even the spill region is full (lower ``synth.locations_per_region``).
+    """
+    role = "distractor" if part.distractors else "query"
+    world = world_for(synth, part.split, part.region)
+    capacity = world.capacity(part.stop, role)
+
+    def take(w: Any, n: int) -> list[Any]:
+        return w.distractor_tiles(n) if part.distractors else w.locations(n)
+
+    out = [(world, loc) for loc in take(world, min(part.stop, capacity))[part.start:part.stop]]
+    if capacity >= part.stop:
+        return out
+    if part.spill_region is None:
+        raise ValueError(f"region {part.region} of split {part.split} holds {capacity} locations, "
+                         f"the plan asks {part.stop}: lower synth.locations_per_region")
+    spill = world_for(synth, part.split, part.spill_region)
+    first, last = max(part.start, capacity) - capacity, part.stop - capacity
+    if spill.capacity(last, role) < last:
+        raise ValueError(f"regions {part.region} and {part.spill_region} of split {part.split} cannot hold "
+                         f"the {part.stop} locations planned: lower synth.locations_per_region "
+                         f"(now {synth.locations_per_region})")
+    return out + [(spill, loc) for loc in take(spill, last)[first:last]]
+
+
 def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Iterator[Sample]:
     """Render every sample of ``part``."""
-    world = world_for(synth, part.split, part.region)
     if part.distractors:
-        tiles = world.distractor_tiles(part.stop)[part.start:part.stop]
-        for tile in tiles:
+        for world, tile in part_locations(synth, part):
             yield Sample(key=f"{part.split}-{tile.location_id}-satellite", location_id=tile.location_id,
                          modality=SATELLITE_ONLY, query_image=None,
                          satellite_image=encode_jpeg(world.render_satellite(tile, size=synth.image_size), jpeg_quality),
                          latitude=tile.lat, longitude=tile.lon, split=part.split, source=SOURCE,
                          metadata={**_location_metadata(world, tile, synth), "distractor": True})
         return
-    locations = world.locations(part.stop)[part.start:part.stop]
-    for location in locations:
+    for world, location in part_locations(synth, part):
         satellite = encode_jpeg(world.render_satellite(location, size=synth.image_size), jpeg_quality)
         facts = world.scene_facts(location)
         for modality in synth.modalities:
@@ -138,8 +170,29 @@ def _write_part_task(config: MakeShardsConfig, part: PartSpec) -> dict[str, Any]
     record = shards.write_part(config.output, part.name,
                                lambda: part_samples(config.synth, part, config.shards.jpeg_quality),
                                config.shards, resume=config.resume)
+    spread: dict[str, int] = {}
+    for world, _ in part_locations(config.synth, part):
+        spread[world.world_id] = spread.get(world.world_id, 0) + 1
     return {"part": part.name, "skipped": record.skipped, "samples": record.samples,
-            "seconds": record.seconds, "record": record.to_json()}
+            "seconds": record.seconds, "record": record.to_json(), "split": part.split,
+            "distractors": part.distractors, "spread": spread}
+
+
+def spread_report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per split and role: how many regions hold locations, min/max per region, and each
+    region's count by world id (spill regions included)."""
+    out: dict[str, Any] = {}
+    for result in results:
+        role = "distractors" if result.get("distractors") else "locations"
+        entry = out.setdefault(result["split"], {}).setdefault(role, {"by_region": {}})
+        for world_id, count in result.get("spread", {}).items():
+            entry["by_region"][world_id] = entry["by_region"].get(world_id, 0) + count
+    for roles in out.values():
+        for entry in roles.values():
+            counts = list(entry["by_region"].values()) or [0]
+            entry.update({"regions": len(entry["by_region"]), "total": sum(counts),
+                          "min_per_region": min(counts), "max_per_region": max(counts)})
+    return out
 
 
 def make_shards(config: MakeShardsConfig) -> dict[str, Any]:
@@ -174,7 +227,7 @@ def make_shards(config: MakeShardsConfig) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "samples_per_second": round(sum(r["samples"] for r in written) / elapsed, 2) if written else None,
         "modalities": manifest["modalities"], "splits": manifest["splits"],
-        "config": to_dict(config),
+        "spread": spread_report(results), "config": to_dict(config),
     }
     storage.write_json(storage.join(config.output, "make_shards_report.json"), report)
     return manifest

@@ -37,6 +37,7 @@ LOCATION_KINDS: tuple[str, ...] = ("road", "junction", "building")
 CLEARANCE_M = 3.0  # no tree or building this close to a location
 SPLIT_PITCH_M = 100_000.0   # splits lie 100 km apart (north-south)
 REGION_PITCH_M = 25_000.0   # regions of one split lie 25 km apart (east-west)
+REGIONS_PER_ROW = 64        # a split's first 64 regions form one row; later rows lie south
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,14 @@ class World:
     def locations(self, n: int) -> list[Location]:
         """The first n query locations (deterministic; a prefix of any longer request)."""
         return self._take("query", n)
+
+    def capacity(self, limit: int, role: str = "query") -> int:
+        """How many locations of ``role`` ("query" or "distractor") this region can hold, up to
+        ``limit`` (the sampler's spacing and clearance rules; distractors take every third point)."""
+        try:
+            return len(self._take(role, limit))
+        except ValueError:  # filled up: count the points of that role placed before that
+            return sum(1 for i in range(len(self._points.points)) if _role(i) == role)
 
     def distractor_tiles(self, n: int) -> list[Location]:
         """n gallery-only tile centres: spaced from every query location like queries are."""
@@ -482,8 +491,12 @@ def split_config(seed: int, split: str, size_m: float = 2000.0, origin_lat: floa
                  **overrides) -> WorldConfig:
     """Config of region ``region_index`` of a split; splits and regions never overlap.
 
-    Split s is centred SPLIT_PITCH_M * s north of the origin, region r REGION_PITCH_M * r
-    east of its split's centre; each gets its own derived seed (and so its own biome).
+    Regions lie on a lattice of REGION_PITCH_M (25 km). Region r sits in column r % 64
+    (REGION_PITCH_M * column east of the origin) and row r // 64: row 0 of split s lies
+    SPLIT_PITCH_M * s north of the origin (the first 64 regions: splits 100 km apart); later
+    rows lie south of the origin, the three splits' rows interleaved (row k >= 1 of split s at
+    ((k - 1) * 3 + s + 1) * REGION_PITCH_M south), so 100,000 locations (~1,600 regions a
+    split) stay within about 2,500 km.  Each region gets its own derived seed (and biome).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
@@ -492,8 +505,10 @@ def split_config(seed: int, split: str, size_m: float = 2000.0, origin_lat: floa
     if size_m > REGION_PITCH_M - 1000.0:
         raise ValueError(f"size_m must stay below {REGION_PITCH_M - 1000.0} for splits to stay disjoint")
     split_index = SPLITS.index(split)
-    centre = LocalFrame(origin_lat, origin_lon).offset(region_index * REGION_PITCH_M,
-                                                       split_index * SPLIT_PITCH_M)
+    column, row = region_index % REGIONS_PER_ROW, region_index // REGIONS_PER_ROW
+    north = (split_index * SPLIT_PITCH_M if row == 0
+             else -((row - 1) * len(SPLITS) + split_index + 1) * REGION_PITCH_M)
+    centre = LocalFrame(origin_lat, origin_lon).offset(column * REGION_PITCH_M, north)
     return WorldConfig(seed=derived_seed(seed, split, region_index), origin_lat=centre.origin_lat,
                        origin_lon=centre.origin_lon, size_m=size_m, biome=biome, split=split, **overrides)
 

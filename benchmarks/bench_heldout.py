@@ -1,0 +1,387 @@
+"""Held-out GLEAM-C retrieval: does the encoder find places it has never seen?
+
+    python benchmarks/bench_heldout.py [--train-locations 384 1536] [--variants pretrained scratch]
+        [--steps 600] [--batch 64] [--image-size 96] [--heldout 256] [--distractors 256]
+        [--parallel 2] [--out benchmarks/results/heldout.json]
+
+The data are the synthetic world's own splits, planned exactly as ``jobs/make_shards.py``
+plans them (``plan_parts``: the same regions, biomes and locations), rendered straight to the
+model's input size in a process pool and cached (``--cache``).  Held-out = the *test* split:
+other regions 100 km away, ``--heldout`` locations spread over four biomes, all four query
+views each, against a gallery of their satellite tiles plus ``--distractors`` satellite-only
+tiles.  Smaller training sets are spread evenly over the largest one's regions (every biome).
+
+Each (training locations, variant) row trains a fresh encoder for ``--steps`` steps (or until
+``--seconds`` of wall-clock, whichever comes first) with the platform's own ``train_step``,
+batch planner (``plan_epoch``, DSS when the variant asks) and LR schedule, single process,
+then reports query->satellite R@1, R@5, R@top1%, AP per view on the held-out split (and R@1
+over 256 training locations: the fit), wall- and CPU-seconds, peak RSS of the process and the
+bytes the training set occupies (what ``TrainingSet`` holds in Ray's object store in a real
+run).  Rows run ``--parallel`` at a time, each in its own process; results are written after
+every row, so an interrupted run keeps what finished.  ``--device cuda`` trains on a GPU.
+
+Variants (``VARIANTS``) are named config overrides on top of ``BASE``; ``--set`` adds more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "platform"))
+
+MODALITIES = ["uav", "streetmap", "panorama", "ground"]
+BIOMES = ["temperate", "arid", "tropical", "nordic-winter"]
+
+PRETRAINED = ["model.backbone=tf_efficientnet_lite0", "model.pretrained=efficientnet_lite0",
+              "model.batchnorm=frozen"]
+VARIANTS: dict[str, list[str]] = {
+    # the recipe: ImageNet EfficientNet-Lite0, BatchNorm statistics frozen, the paper's temperature
+    "pretrained": PRETRAINED + ["model.logit_scale_init=2.659"],
+    "pretrained_dss": PRETRAINED + ["model.logit_scale_init=2.659", "phase.sampling.hard_negatives=dss"],
+    "pretrained_T1": PRETRAINED + ["model.logit_scale_init=0.0"],
+    "pretrained_batchstats": PRETRAINED[:2] + ["model.batchnorm=batch", "model.logit_scale_init=2.659"],
+    "pretrained_lr3e-4": PRETRAINED + ["model.logit_scale_init=2.659", "phase.lr=0.0003"],
+    "scratch": ["model.backbone=convnext_atto", "model.logit_scale_init=0.0"],
+    "scratch_lite0": ["model.backbone=tf_efficientnet_lite0", "model.batchnorm=batch",
+                      "model.logit_scale_init=0.0"],
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _synth(split: str, count: int, distractors: int, size: int) -> Any:
+    from gleam.config import SynthConfig
+
+    return SynthConfig(locations={split: count}, modalities=list(MODALITIES), distractors=distractors,
+                       image_size=size, panorama_width=2 * size, locations_per_task=16,
+                       regions_per_split=4, biomes=list(BIOMES))
+
+
+def _render_part(args: tuple) -> dict[str, Any]:
+    """Pixels of one make_shards part at the model's input size (satellite, 4 views)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from gleam.data.make_shards import world_for
+
+    synth, part = args
+    world = world_for(synth, part.split, part.region)
+    size = synth.image_size
+    if part.distractors:
+        tiles = world.distractor_tiles(part.stop)[part.start:part.stop]
+        return {"ids": [t.location_id for t in tiles], "lat": [t.lat for t in tiles], "lon": [t.lon for t in tiles],
+                "biome": [world.biome.name] * len(tiles), "distractor": True,
+                "satellite": np.stack([world.render_satellite(t, size=size) for t in tiles])}
+    locations = world.locations(part.stop)[part.start:part.stop]
+    out: dict[str, Any] = {"ids": [loc.location_id for loc in locations], "lat": [loc.lat for loc in locations],
+                           "lon": [loc.lon for loc in locations], "biome": [world.biome.name] * len(locations),
+                           "distractor": False,
+                           "satellite": np.stack([world.render_satellite(loc, size=size) for loc in locations])}
+    for modality in MODALITIES:
+        width = 2 * size if modality == "panorama" else size
+        out[modality] = np.stack([world.render_query(loc, modality, 0, size=width)[0] for loc in locations])
+    return out
+
+
+def render_split(split: str, count: int, distractors: int, size: int, workers: int, cache: str) -> dict[str, Any]:
+    """All locations (and distractor tiles) of a split as arrays, cached as .npz under ``cache``."""
+    path = os.path.join(cache, f"{split}-{count}-{distractors}-{size}.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    from gleam.data.make_shards import plan_parts
+
+    synth = _synth(split, count, distractors, size)
+    parts = plan_parts(synth)
+    started = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pieces = pool.map(_render_part, [(synth, p) for p in parts], chunksize=1)
+    seconds = time.perf_counter() - started
+    queries = [p for p in pieces if not p["distractor"]]
+    tiles = [p for p in pieces if p["distractor"]]
+    data = {"ids": np.array(sum((p["ids"] for p in queries), [])),
+            "lat": np.concatenate([p["lat"] for p in queries]), "lon": np.concatenate([p["lon"] for p in queries]),
+            "biome": np.array(sum((p["biome"] for p in queries), [])),
+            "satellite": np.concatenate([p["satellite"] for p in queries]),
+            "render_seconds": np.array(seconds), "render_workers": np.array(workers)}
+    for modality in MODALITIES:
+        data[modality] = np.concatenate([p[modality] for p in queries])
+    if tiles:
+        data.update({"distractor_ids": np.array(sum((p["ids"] for p in tiles), [])),
+                     "distractor_lat": np.concatenate([p["lat"] for p in tiles]),
+                     "distractor_lon": np.concatenate([p["lon"] for p in tiles]),
+                     "distractor_satellite": np.concatenate([p["satellite"] for p in tiles])})
+    os.makedirs(cache, exist_ok=True)
+    np.savez(path + ".tmp.npz", **data)
+    os.replace(path + ".tmp.npz", path)
+    return data
+
+
+def spread_subset(data: dict[str, Any], count: int) -> dict[str, Any]:
+    """``count`` locations spread evenly over the rendered ones (so over every region and biome)."""
+    total = len(data["ids"])
+    if count >= total:
+        return data
+    keep = np.unique(np.linspace(0, total - 1, count).round().astype(int))
+    return {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == total else v) for k, v in data.items()}
+
+
+class ArraySet:
+    """The ``TrainingSet`` interface over in-memory arrays: row = (location, view)."""
+
+    def __init__(self, data: dict[str, Any], modalities: list[str], distractors: bool = False):
+        self.data = data
+        n = len(data["ids"])
+        self.rows = [(i, m) for i in range(n) for m in modalities]
+        self.location_ids = [str(data["ids"][i]) for i, _ in self.rows]
+        self.modalities = [m for _, m in self.rows]
+        lat = [float(data["lat"][i]) for i, _ in self.rows]
+        lon = [float(data["lon"][i]) for i, _ in self.rows]
+        if distractors and "distractor_ids" in data:
+            for j, tile in enumerate(data["distractor_ids"]):
+                self.rows.append((j, "satellite"))
+                self.location_ids.append(str(tile))
+                self.modalities.append("satellite")
+                lat.append(float(data["distractor_lat"][j]))
+                lon.append(float(data["distractor_lon"][j]))
+        self.latitudes, self.longitudes = np.array(lat), np.array(lon)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes for k, v in self.data.items() if k in MODALITIES or k.endswith("satellite")))
+
+    def query_rows(self) -> np.ndarray:
+        return np.array([r for r, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
+
+    def gallery_rows(self) -> np.ndarray:
+        first: dict[str, int] = {}
+        for row, location in enumerate(self.location_ids):
+            first.setdefault(location, row)
+        return np.array(sorted(first.values()), dtype=np.int64)
+
+    def fetch(self, rows, query: bool = True, satellite: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for row in rows:
+            index, modality = self.rows[int(row)]
+            item: dict[str, Any] = {"row": int(row), "modality": modality, "location_id": self.location_ids[int(row)]}
+            if modality == "satellite":
+                item["query"] = None
+                if satellite:
+                    item["satellite"] = self.data["distractor_satellite"][index]
+            else:
+                if query:
+                    item["query"] = self.data[modality][index]
+                if satellite:
+                    item["satellite"] = self.data["satellite"][index]
+            out.append(item)
+        return out
+
+
+# --------------------------------------------------------------------------- one row
+
+
+BASE = [
+    "train.global_batch=64", "augment.flip_probability=0.5", "augment.rotate_satellite=true",
+    "model.embedding_dim=256",
+    "phases=[{name: all, epochs: 1, modalities: [uav, streetmap, panorama, ground], lr: 0.001, "
+    "warmup_steps: 50, sampling: {batch_mode: mixed, hard_negatives: none, cluster_size: 2}}]",
+]
+
+
+def _config(image_size: int, batch: int, overrides: list[str]) -> Any:
+    """local-cpu.yaml + BASE + overrides; ``phase.a.b=v`` items set fields of the one phase."""
+    import yaml
+
+    from gleam.config import load_config
+    from gleam.core.train import TrainCoreConfig
+
+    config = load_config(TrainCoreConfig, os.path.join(ROOT, "configs", "local-cpu.yaml"), [
+        *BASE, f"train.global_batch={batch}", f"model.image_size={image_size}",
+        f"model.panorama_size=[{image_size}, {2 * image_size}]",
+        *[o for o in overrides if not o.startswith("phase.")]])
+    for item in (o for o in overrides if o.startswith("phase.")):
+        key, value = item[len("phase."):].split("=", 1)
+        target, *path = [config.phases[0], *key.split(".")]
+        for name in path[:-1]:
+            target = getattr(target, name)
+        setattr(target, path[-1], yaml.safe_load(value))
+    return config
+
+
+def _retrieval(encoder, dataset: ArraySet, device, mean, std, located: bool = True) -> dict[str, Any]:
+    from gleam.core.evaluate import evaluate_retrieval
+    from gleam.core.train import embed_rows
+
+    queries, gallery = dataset.query_rows(), dataset.gallery_rows()
+    q = embed_rows(encoder, dataset, queries, "query", 128, device, mean, std)
+    g = embed_rows(encoder, dataset, gallery, "satellite", 128, device, mean, std)
+    latlon = np.stack([dataset.latitudes, dataset.longitudes], axis=1)
+    metrics = evaluate_retrieval(q, [dataset.location_ids[r] for r in queries], g,
+                                 [dataset.location_ids[r] for r in gallery],
+                                 query_modalities=[dataset.modalities[r] for r in queries],
+                                 query_latlon=latlon[queries] if located else None,
+                                 gallery_latlon=latlon[gallery] if located else None,
+                                 both_directions=False)["query->satellite"]
+    keep = ("R@1", "R@5", "R@10", "R@top1%", "AP", "queries", "median_error_m")
+    return {"gallery": len(gallery), "chance_R@1": 100.0 / len(gallery),
+            "views": {view: {k: v for k, v in m.items() if k in keep} for view, m in metrics.items()}}
+
+
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one (training locations, variant) row and score it; runs in its own process."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from gleam.core.model import GleamEncoder
+    from gleam.core.phases import cosine_with_warmup
+    from gleam.core.train import _neighbours, _sub_index, train_step
+    from gleam.data.sampling import plan_epoch
+
+    started, cpu0 = time.perf_counter(), time.process_time()
+    with np.load(spec["train_cache"], allow_pickle=False) as data:
+        train = spread_subset({k: data[k] for k in data.files}, spec["locations"])
+    with np.load(spec["test_cache"], allow_pickle=False) as data:
+        test = {k: data[k] for k in data.files}
+    train_set = ArraySet(train, MODALITIES)
+    fit_set = ArraySet(spread_subset(train, 256), MODALITIES)
+    test_set = ArraySet(test, MODALITIES, distractors=True)
+    config = _config(spec["image_size"], spec["batch"], VARIANTS[spec["variant"]] + spec["extra"])
+    config.run.seed = spec["seed"]
+    phase = config.phases[0]
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    encoder = GleamEncoder(config.model).to(device)
+    data_config = encoder.data_config()
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    rows = train_set.query_rows()
+    index = _sub_index(train_set, rows)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=phase.lr, weight_decay=config.optim.weight_decay)
+    scheduler = cosine_with_warmup(optimizer, spec["steps"], phase.warmup_steps, phase.min_lr_ratio)
+    rng = np.random.default_rng(spec["seed"])
+    losses, curve, step, epoch = [], [], 0, 0
+    deadline = started + spec["seconds"]
+    train_started = time.perf_counter()
+    while step < spec["steps"] and time.perf_counter() < deadline:
+        neighbours = _neighbours(phase, 0, epoch, encoder, train_set, rows, config, device, mean, std, 0, 1)
+        plan = plan_epoch(index, phase.sampling, epoch=epoch, seed=spec["seed"],
+                          global_batch=config.train.global_batch, neighbours=neighbours)
+        for batch in plan:
+            if step >= spec["steps"] or time.perf_counter() >= deadline:
+                break
+            losses.append(train_step(encoder, encoder.logit_scale, train_set.fetch(rows[batch[0]]), optimizer,
+                                     scheduler, config, device, mean, std, rng))
+            step += 1
+        curve.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-len(plan):]))})
+        epoch += 1
+    train_seconds = time.perf_counter() - train_started
+    held_out = _retrieval(encoder, test_set, device, mean, std)
+    fit = _retrieval(encoder, fit_set, device, mean, std, located=False)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "variant": spec["variant"], "overrides": VARIANTS[spec["variant"]] + spec["extra"],
+        "train_locations": len(train["ids"]), "train_samples": len(rows), "seed": spec["seed"],
+        "steps": step, "global_batch": config.train.global_batch, "epochs": epoch,
+        "image_size": spec["image_size"], "device": spec["device"],
+        "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
+        "samples_per_second": round(step * config.train.global_batch / max(train_seconds, 1e-9), 1),
+        "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
+        "training_set_bytes": train_set.nbytes(),
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+        "loss_curve": curve, "held_out": held_out,
+        "fit_R@1": {view: m["R@1"] for view, m in fit["views"].items()}, "fit_gallery": fit["gallery"],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-locations", type=int, nargs="+", default=[384, 1536])
+    parser.add_argument("--variants", nargs="+", default=["pretrained", "scratch"])
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="overrides added to every row")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seconds", type=float, default=1e9, help="wall-clock cap per row (training)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--heldout", type=int, default=256)
+    parser.add_argument("--distractors", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--parallel", type=int, default=1, help="rows trained at once (processes)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="render processes")
+    parser.add_argument("--cache", default=os.path.join(ROOT, "data", "heldout-cache"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+
+    started = time.perf_counter()
+    largest = max(args.train_locations)
+    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache)
+    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache)
+    render = {"train": {"locations": largest, "seconds": float(train["render_seconds"]),
+                        "workers": int(train["render_workers"])},
+              "test": {"locations": args.heldout, "distractors": args.distractors,
+                       "seconds": float(test["render_seconds"]), "biomes": sorted(set(test["biome"].tolist()))}}
+    print(f"rendered: {json.dumps(render)}", flush=True)
+    base = os.path.join(args.cache, "{}-{}-{}-{}.npz")
+    specs = [{"locations": n, "variant": v, "extra": args.extra, "steps": args.steps, "seconds": args.seconds,
+              "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "device": args.device,
+              "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
+              "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
+             for n in args.train_locations for v in args.variants]
+    result: dict[str, Any] = {
+        "benchmark": "bench_heldout", "command": " ".join(sys.argv), "machine": platform.node(),
+        "cpu_count": os.cpu_count(), "render": render, "held_out_split": "test",
+        "gallery": args.heldout + args.distractors, "chance_R@1": 100.0 / (args.heldout + args.distractors),
+        "rows": []}
+
+    def write() -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(result, handle, indent=1)
+        os.replace(tmp, args.out)
+
+    with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_row, spec): spec for spec in specs}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                row = future.result()
+            except Exception as error:  # keep the other rows
+                row = {"variant": spec["variant"], "train_locations": spec["locations"],
+                       "error": f"{type(error).__name__}: {error}"}
+            result["rows"].append(row)
+            result["rows"].sort(key=lambda r: (r["train_locations"], r["variant"]))
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            write()
+            views = row.get("held_out", {}).get("views", {})
+            print(f"{row['train_locations']:>6} {row['variant']:<22} steps {row.get('steps')} "
+                  + " ".join(f"{v} {m['R@1']:.1f}" for v, m in views.items()) + f" {row.get('error', '')}",
+                  flush=True)
+    print(f"wrote {args.out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
