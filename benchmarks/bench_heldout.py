@@ -316,6 +316,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-locations", type=int, nargs="+", default=[384, 1536])
     parser.add_argument("--variants", nargs="+", default=["pretrained", "scratch"])
+    parser.add_argument("--extra-rows", nargs="*", default=[], metavar="N:VARIANT",
+                        help="more rows, e.g. 1536:pretrained_dss (recipe comparisons at one size)")
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="overrides added to every row")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=1e9, help="wall-clock cap per row (training)")
@@ -331,12 +333,14 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(ROOT, "data", "heldout-cache"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    pairs = [(n, v) for n in args.train_locations for v in args.variants]
+    pairs += [(int(item.split(":")[0]), item.split(":")[1]) for item in args.extra_rows]
+    unknown = [v for _, v in pairs if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     started = time.perf_counter()
-    largest = max(args.train_locations)
+    largest = max(n for n, _ in pairs)
     train = render_split("train", largest, 0, args.image_size, args.workers, args.cache)
     test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache)
     render = {"train": {"locations": largest, "seconds": float(train["render_seconds"]),
@@ -349,7 +353,7 @@ def main() -> None:
               "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "device": args.device,
               "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
               "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
-             for n in args.train_locations for v in args.variants]
+             for n, v in pairs]
     result: dict[str, Any] = {
         "benchmark": "bench_heldout", "command": " ".join(sys.argv), "machine": platform.node(),
         "cpu_count": os.cpu_count(), "render": render, "held_out_split": "test",
