@@ -59,6 +59,10 @@ class TrainSection:
     checkpoints_to_keep: int = 2
     max_failures: int = 2  # worker-group restarts Ray Train may do (FailureConfig)
     storage_path: str | None = None  # where Ray Train keeps checkpoints; default: the run folder
+    # Feature cache (gradient caching, gleam.core.feature_cache): embed the local batch without
+    # gradients, then re-embed this many pairs at a time with gradients. Same gradients as one big
+    # batch, activation memory of one chunk. None: one forward over the local batch.
+    feature_cache_chunk: int | None = None
 
 
 @dataclass
@@ -179,6 +183,22 @@ def train_step(model: torch.nn.Module, logit_scale: torch.Tensor, items: list[di
         satellites.append(satellite)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=config.optim.amp and device.type == "cuda")
+    if config.train.feature_cache_chunk:
+        from functools import partial
+
+        from gleam.core.feature_cache import cached_contrastive_step
+
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = cached_contrastive_step(
+            model, logit_scale, lambda images: encode_images(model, list(images), device, mean, std),
+            queries, satellites, partial(symmetric_infonce, label_smoothing=config.optim.label_smoothing,
+                                         max_logit_scale=config.model.max_logit_scale),
+            config.train.feature_cache_chunk, device, autocast)
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        return loss_value
     with autocast:
         query_embeddings = encode_images(model, queries, device, mean, std)
         satellite_embeddings = encode_images(model, satellites, device, mean, std)
