@@ -54,8 +54,8 @@ VARIANTS: dict[str, list[str]] = {
     "pretrained_T1": PRETRAINED + ["model.logit_scale_init=0.0"],
     "pretrained_batchstats": PRETRAINED[:2] + ["model.batchnorm=batch", "model.logit_scale_init=2.659"],
     "pretrained_lr3e-4": PRETRAINED + ["model.logit_scale_init=2.659", "phase.lr=0.0003"],
-    "scratch": ["model.backbone=convnext_atto", "model.logit_scale_init=0.0"],
-    "scratch_lite0": ["model.backbone=tf_efficientnet_lite0", "model.batchnorm=batch",
+    "scratch": ["model.backbone=convnext_atto", "model.pretrained=null", "model.logit_scale_init=0.0"],
+    "scratch_lite0": ["model.backbone=tf_efficientnet_lite0", "model.pretrained=null", "model.batchnorm=batch",
                       "model.logit_scale_init=0.0"],
 }
 
@@ -67,7 +67,7 @@ def _synth(split: str, count: int, distractors: int, size: int) -> Any:
     from gleam.config import SynthConfig
 
     return SynthConfig(locations={split: count}, modalities=list(MODALITIES), distractors=distractors,
-                       image_size=size, panorama_width=2 * size, locations_per_task=16,
+                       image_size=size, panorama_width=2 * size, locations_per_task=64,
                        regions_per_split=4, biomes=list(BIOMES))
 
 
@@ -76,24 +76,20 @@ def _render_part(args: tuple) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from gleam.data.make_shards import world_for
-
     synth, part = args
-    world = world_for(synth, part.split, part.region)
+    from gleam.data.make_shards import part_locations
+
+    located = part_locations(synth, part)  # make_shards' own locations, spill regions included
     size = synth.image_size
+    out: dict[str, Any] = {"ids": [loc.location_id for _, loc in located], "lat": [loc.lat for _, loc in located],
+                           "lon": [loc.lon for _, loc in located], "biome": [w.biome.name for w, _ in located],
+                           "distractor": part.distractors,
+                           "satellite": np.stack([w.render_satellite(loc, size=size) for w, loc in located])}
     if part.distractors:
-        tiles = world.distractor_tiles(part.stop)[part.start:part.stop]
-        return {"ids": [t.location_id for t in tiles], "lat": [t.lat for t in tiles], "lon": [t.lon for t in tiles],
-                "biome": [world.biome.name] * len(tiles), "distractor": True,
-                "satellite": np.stack([world.render_satellite(t, size=size) for t in tiles])}
-    locations = world.locations(part.stop)[part.start:part.stop]
-    out: dict[str, Any] = {"ids": [loc.location_id for loc in locations], "lat": [loc.lat for loc in locations],
-                           "lon": [loc.lon for loc in locations], "biome": [world.biome.name] * len(locations),
-                           "distractor": False,
-                           "satellite": np.stack([world.render_satellite(loc, size=size) for loc in locations])}
+        return out
     for modality in MODALITIES:
         width = 2 * size if modality == "panorama" else size
-        out[modality] = np.stack([world.render_query(loc, modality, 0, size=width)[0] for loc in locations])
+        out[modality] = np.stack([w.render_query(loc, modality, 0, size=width)[0] for w, loc in located])
     return out
 
 
@@ -108,6 +104,7 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
     synth = _synth(split, count, distractors, size)
     parts = plan_parts(synth)
     started = time.perf_counter()
+    print(f"rendering {split}: {count} locations + {distractors} distractors in {len(parts)} parts", flush=True)
     with mp.get_context("spawn").Pool(workers) as pool:
         pieces = pool.map(_render_part, [(synth, p) for p in parts], chunksize=1)
     seconds = time.perf_counter() - started

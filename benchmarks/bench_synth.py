@@ -31,8 +31,47 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--biome", default=None, help="biome (default: the seed's)")
     parser.add_argument("--size-m", type=float, default=2000.0, help="region size in metres")
     parser.add_argument("--generation-repeats", type=int, default=2, help="world generations to time")
+    parser.add_argument("--scale-sizes", type=int, nargs="*", default=[128, 256],
+                        help="image sizes of the scale measurement (empty: skip it)")
+    parser.add_argument("--scale-locations", type=int, nargs="*", default=[1000, 10000],
+                        help="dataset sizes (train locations) of the scale measurement")
+    parser.add_argument("--scale-parts", type=int, default=4, help="parts timed per (size, dataset size)")
     parser.add_argument("--out", default="benchmarks/results/synth.json", help="JSON result file")
     return parser.parse_args()
+
+
+def scale(sizes: list[int], counts: list[int], parts_timed: int, seed: int) -> list[dict]:
+    """Locations/s per core of ``make_shards``' own part rendering at dataset scale.
+
+    For each (image size, train locations) the real plan (``plan_parts``: regions, spill regions)
+    is made and ``parts_timed`` parts spread over it are rendered to encoded samples on this one
+    core, each from a cold world cache (region generation included, as a fresh Ray task pays it).
+    Rate = locations / seconds; the per-core rate times cores estimates a cluster's.
+    """
+    from gleam.config import SynthConfig
+    from gleam.data import make_shards
+
+    rows = []
+    for size in sizes:
+        for count in counts:
+            synth = SynthConfig(seed=seed, locations={"train": count}, image_size=size, panorama_width=2 * size,
+                                regions_per_split=4, biomes=["temperate", "arid", "tropical", "nordic-winter"])
+            plan = make_shards.plan_parts(synth)
+            chosen = [plan[i] for i in np.linspace(0, len(plan) - 1, parts_timed).round().astype(int)]
+            seconds, located = 0.0, 0
+            for part in chosen:
+                make_shards._world.cache_clear()
+                started = time.perf_counter()
+                samples = list(make_shards.part_samples(synth, part, 90))
+                seconds += time.perf_counter() - started
+                located += len({s.location_id for s in samples})
+            rows.append({"image_size": size, "train_locations": count, "regions": len({p.region for p in plan}),
+                         "parts": len(plan), "parts_timed": len(chosen), "locations_timed": located,
+                         "seconds": round(seconds, 2), "locations_per_s_per_core": round(located / seconds, 3),
+                         "hours_on_one_core": round(count / (located / seconds) / 3600, 2)})
+            print(f"scale: {size} px, {count} locations: {rows[-1]['locations_per_s_per_core']} locations/s per core",
+                  flush=True)
+    return rows
 
 
 def _timed(function):
@@ -65,7 +104,9 @@ def run(args: argparse.Namespace) -> dict:
         sample_ms.append(total)
         facts_ms.append(_timed(lambda: world.scene_facts(loc))[1])
     sample = _summary(sample_ms)
+    scaling = scale(args.scale_sizes, args.scale_locations, args.scale_parts, args.seed) if args.scale_sizes else []
     return {
+        "scale": scaling,
         "benchmark": "synth",
         "config": config.to_dict(),
         "biome": world.biome.name,
