@@ -46,7 +46,8 @@ def scale(sizes: list[int], counts: list[int], parts_timed: int, seed: int) -> l
     For each (image size, train locations) the real plan (``plan_parts``: regions, spill regions)
     is made and ``parts_timed`` parts spread over it are rendered to encoded samples on this one
     core, each from a cold world cache (region generation included, as a fresh Ray task pays it).
-    Rate = locations / seconds; the per-core rate times cores estimates a cluster's.
+    Rate = locations / CPU-seconds of this process (robust to other load on the machine; wall
+    seconds are recorded beside it); the per-core rate times cores estimates a cluster's.
     """
     from gleam.config import SynthConfig
     from gleam.data import make_shards
@@ -58,16 +59,18 @@ def scale(sizes: list[int], counts: list[int], parts_timed: int, seed: int) -> l
                                 regions_per_split=4, biomes=["temperate", "arid", "tropical", "nordic-winter"])
             plan = make_shards.plan_parts(synth)
             chosen = [plan[i] for i in np.linspace(0, len(plan) - 1, parts_timed).round().astype(int)]
-            seconds, located = 0.0, 0
+            seconds, wall, located = 0.0, 0.0, 0
             for part in chosen:
                 make_shards._world.cache_clear()
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 samples = list(make_shards.part_samples(synth, part, 90))
-                seconds += time.perf_counter() - started
+                seconds += time.process_time() - cpu
+                wall += time.perf_counter() - started
                 located += len({s.location_id for s in samples})
             rows.append({"image_size": size, "train_locations": count, "regions": len({p.region for p in plan}),
                          "parts": len(plan), "parts_timed": len(chosen), "locations_timed": located,
-                         "seconds": round(seconds, 2), "locations_per_s_per_core": round(located / seconds, 3),
+                         "cpu_seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
+                         "locations_per_s_per_core": round(located / seconds, 3),
                          "hours_on_one_core": round(count / (located / seconds) / 3600, 2)})
             print(f"scale: {size} px, {count} locations: {rows[-1]['locations_per_s_per_core']} locations/s per core",
                   flush=True)

@@ -40,8 +40,9 @@ def test_short_cpu_run_finds_new_places_far_above_chance(ray_session, tmp_path):
     final = summary["final"]
     print({k: round(v, 1) for k, v in final.items() if k.endswith("/R@1") or k.endswith("/R@5")})
     chance = 100.0 / HELD_OUT
-    assert final["val/query->satellite/streetmap/R@1"] >= 4 * chance, final
-    assert final["val/query->satellite/all/R@1"] >= 2 * chance, final
+    # measured here: held out streetmap 75 %, panorama 18.8 %, all 46.9 % (chance 6.25 %); fit 100 %
+    assert final["val/query->satellite/streetmap/R@1"] >= 6 * chance, final
+    assert final["val/query->satellite/all/R@1"] >= 3 * chance, final
     assert final["loss"] < math.log(12) - 0.25  # log(12) = 2.48: the loss of a collapsed encoder
     history = [line for line in open(tmp_path / "runs" / "learn" / "metrics.jsonl")]
     assert len(history) == 16
