@@ -271,7 +271,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=phase.lr, weight_decay=config.optim.weight_decay)
     scheduler = cosine_with_warmup(optimizer, spec["steps"], phase.warmup_steps, phase.min_lr_ratio)
     rng = np.random.default_rng(spec["seed"])
-    losses, curve, step, epoch = [], [], 0, 0
+    losses, curve, held_out_curve, step, epoch = [], [], [], 0, 0
     deadline = started + spec["seconds"]
     train_started = time.perf_counter()
     while step < spec["steps"] and time.perf_counter() < deadline:
@@ -284,6 +284,10 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
             losses.append(train_step(encoder, encoder.logit_scale, train_set.fetch(rows[batch[0]]), optimizer,
                                      scheduler, config, device, mean, std, rng))
             step += 1
+            if spec.get("eval_every") and step % spec["eval_every"] == 0 and step < spec["steps"]:
+                views = _retrieval(encoder, test_set, device, mean, std, located=False)["views"]
+                held_out_curve.append({"step": step, "seconds": round(time.perf_counter() - train_started, 1),
+                                       "R@1": {view: round(m["R@1"], 2) for view, m in views.items()}})
         curve.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-len(plan):]))})
         epoch += 1
     train_seconds = time.perf_counter() - train_started
@@ -301,7 +305,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
         "training_set_bytes": train_set.nbytes(),
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
-        "loss_curve": curve, "held_out": held_out,
+        "loss_curve": curve, "held_out_curve": held_out_curve, "held_out": held_out,
         "fit_R@1": {view: m["R@1"] for view, m in fit["views"].items()}, "fit_gallery": fit["gallery"],
     }
 
@@ -318,6 +322,7 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="overrides added to every row")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=1e9, help="wall-clock cap per row (training)")
+    parser.add_argument("--eval-every", type=int, default=0, help="held-out R@1 every N steps (the curve)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--heldout", type=int, default=256)
@@ -348,6 +353,7 @@ def main() -> None:
     base = os.path.join(args.cache, "{}-{}-{}-{}.npz")
     specs = [{"locations": n, "variant": v, "extra": args.extra, "steps": args.steps, "seconds": args.seconds,
               "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "device": args.device,
+              "eval_every": args.eval_every,
               "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
               "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
              for n, v in pairs]

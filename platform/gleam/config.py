@@ -73,7 +73,7 @@ class SynthConfig:
     distractors: int = 0
     image_size: int = 256
     panorama_width: int = 512
-    locations_per_task: int = 16
+    locations_per_task: int = 64  # = locations_per_region: a region is generated once, by one task
     locations_per_region: int = 64  # a 2 km region holds ~117-196 query locations (measured); overflow spills
     regions_per_split: int = 1  # at least this many regions per split (locations spread evenly)
     biomes: list[str] = field(default_factory=list)  # region r gets biomes[r % len]; empty: from the seed
