@@ -196,25 +196,18 @@ def spread_report(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def make_shards(config: MakeShardsConfig) -> dict[str, Any]:
-    """Write the dataset described by ``config``; returns the manifest. Ray must be initialised."""
-    import ray
+    """Write the dataset described by ``config``; returns the manifest. Ray must be initialised.
 
+    Raises ``shards.PartsFailed`` (a ValueError) after every part ended when some failed."""
     _check(config)
     started = time.perf_counter()
     storage.makedirs(config.output)
     save_config(config, config.output)
     parts = plan_parts(config.synth)
-    task = ray.remote(num_cpus=1, max_retries=2)(_write_part_task)
-    pending = {task.remote(config, part): part for part in parts}
-    results = []
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        part = pending.pop(done[0])
-        result = ray.get(done[0])
-        results.append(result)
-        log.info("part %s: %s %d samples (%d/%d parts)", part.name,
-                 "skipped, already complete" if result["skipped"] else f"wrote in {result['seconds']:.1f}s",
-                 result["samples"], len(results), len(parts))
+    # a failing part does not stop the others; shards.PartsFailed (one line per part) at the end
+    results = shards.run_part_tasks(_write_part_task, [(config, part) for part in parts], [p.name for p in parts],
+                                    lambda i, r: f"part {r['part']}: " + ("skipped, already complete" if r["skipped"]
+                                                 else f"wrote in {r['seconds']:.1f}s") + f", {r['samples']} samples")
     records = [shards.PartRecord.from_json(r["record"]) for r in sorted(results, key=lambda r: r["part"])]
     manifest = shards.write_manifest(config.output, records, dataset="gleam-synth",
                                      extra={"synth": asdict(config.synth)})

@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
+from gleam.data.images import ImageError, decode_rgb
+
 SCHEMA_VERSION = 1
 
 QUERY_MEMBER = "query.jpg"
@@ -124,13 +126,17 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 def decode_image(data: bytes, key: str = "?", field_name: str = "image") -> np.ndarray:
-    """Encoded image bytes -> uint8 HxWx3 RGB array; ``SampleError`` when unreadable."""
+    """Encoded image bytes -> uint8 HxWx3 RGB array, by the platform's one decoder
+    (``gleam.data.images.decode_rgb``: EXIF orientation, 16-bit/float scaling, alpha...).
+
+    Raises ``SampleError`` naming the key and field when refused; the reason starts with the
+    ``gleam.data.images.ImageError`` class (``NotAnImage``, ``TruncatedImage``...), which is also
+    the error's ``__cause__``.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return np.asarray(image.convert("RGB"))
-    except Exception as error:  # PIL raises many types for broken files
-        raise SampleError(key, field_name, f"image cannot be decoded ({type(error).__name__}: {error})") from None
+        return decode_rgb(data)
+    except ImageError as error:
+        raise SampleError(key, field_name, f"image cannot be decoded ({type(error).__name__}: {error})") from error
 
 
 # --------------------------------------------------------------------------- validation

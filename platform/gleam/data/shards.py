@@ -93,7 +93,9 @@ class _TarShard:
         self.url = url
         self._publisher = storage.atomic_local_file(url, suffix=".tar")
         self._tmp_path = self._publisher.__enter__()
-        self._tar = tarfile.open(self._tmp_path, mode="w", format=tarfile.USTAR_FORMAT)
+        # PAX: any key the schema accepts fits (USTAR stores at most 100 bytes of name without a
+        # '/'); a member whose name fits USTAR gets the same 512-byte header either way
+        self._tar = tarfile.open(self._tmp_path, mode="w", format=tarfile.PAX_FORMAT)
         self.samples = 0
         self.modalities: Counter[str] = Counter()
         self.splits: Counter[str] = Counter()
@@ -104,11 +106,7 @@ class _TarShard:
 
     def add(self, members: dict[str, bytes], sample: Sample) -> None:
         for extension, data in sorted(members.items()):
-            info = tarfile.TarInfo(f"{sample.key}.{extension}")
-            info.size = len(data)
-            info.mtime = 0  # same input, same bytes: shards are reproducible
-            info.mode = 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            self._tar.addfile(member_info(sample.key, extension, len(data)), io.BytesIO(data))
         self.samples += 1
         self.modalities[sample.modality] += 1
         self.splits[sample.split] += 1
@@ -127,10 +125,21 @@ class _TarShard:
         self._publisher.__exit__(type(error), error, error.__traceback__)
 
 
-def archived_size(members: dict[str, bytes]) -> int:
-    """Bytes the members take inside a tar: a 512-byte header each, data padded to 512."""
-    return sum(tarfile.BLOCKSIZE + -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-               for data in members.values())
+def member_info(key: str, extension: str, size: int) -> tarfile.TarInfo:
+    """The tar header of member ``{key}.{extension}`` (mtime 0, mode 644: reproducible shards)."""
+    info = tarfile.TarInfo(f"{key}.{extension}")
+    info.size = size
+    info.mtime = 0  # same input, same bytes: shards are reproducible
+    info.mode = 0o644
+    return info
+
+
+def archived_size(members: dict[str, bytes], key: str = "") -> int:
+    """Bytes the members of sample ``key`` take inside a PAX tar: each member's header (512
+    bytes, plus an extended header when the name is over 100 bytes) and its data padded to 512."""
+    return sum(len(member_info(key, extension, len(data)).tobuf(tarfile.PAX_FORMAT))
+               + -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+               for extension, data in members.items())
 
 
 def shard_name(prefix: str, part: str, sequence: int) -> str:
@@ -152,7 +161,7 @@ def write_shards(samples: Iterable[Sample], output_url: str, part: str,
         for sample in samples:
             members = encode_members(sample)
             if shard is not None and (shard.samples >= config.max_samples
-                                      or shard.bytes + archived_size(members) > config.max_bytes):
+                                      or shard.bytes + archived_size(members, sample.key) > config.max_bytes):
                 infos.append(shard.close())
                 shard = None
             if shard is None:
@@ -271,6 +280,67 @@ def shard_urls(output_url: str, split: str | None = None, modalities: Iterable[s
     return urls
 
 
+# --------------------------------------------------------------------------- parallel parts
+
+
+class PartsFailed(ValueError):
+    """Some parts' Ray tasks raised; the others finished (their shards and records are kept).
+
+    ``failures`` maps each failed part to its one-line error; ``total`` is the number of parts.
+    """
+
+    def __init__(self, failures: dict[str, str], total: int):
+        self.failures, self.total = failures, total
+        listed = "; ".join(f"{name}: {error}" for name, error in list(failures.items())[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} of {total} parts failed ({listed}{more}); the other "
+                         f"{total - len(failures)} finished and are kept: fix the cause and re-run the "
+                         "same command, which resumes and redoes only the failed parts")
+
+
+def one_line_error(error: BaseException) -> str:
+    """``"Type: message"`` of the exception a Ray task raised (``RayTaskError.cause``), on one line
+    and without the remote traceback."""
+    cause = getattr(error, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else error
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def run_part_tasks(function: Callable[..., Any], argument_lists: list[tuple], names: list[str],
+                   describe: Callable[[int, Any], str]) -> list[Any]:
+    """Run ``function(*arguments)`` as one Ray task per part (1 CPU, retried on worker loss) and
+    collect every result with ``ray.wait``, in argument order.
+
+    A part whose task raises does not stop the others: each failure is logged as one line and,
+    after all parts ended, ``PartsFailed`` lists them.  Ray must be initialised.
+    """
+    import logging
+
+    import ray
+
+    log = logging.getLogger(__name__)
+    task = ray.remote(num_cpus=1, max_retries=2)(function)
+    pending = {task.remote(*arguments): index for index, arguments in enumerate(argument_lists)}
+    results: list[Any] = [None] * len(argument_lists)
+    failures: dict[str, str] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(done[0])
+        finished = len(argument_lists) - len(pending)
+        try:
+            results[index] = ray.get(done[0])
+        except Exception as error:  # the task's own exception (RayTaskError) or a lost worker
+            failures[names[index]] = one_line_error(error)
+            log.error("part %s failed: %s (%d/%d)", names[index], failures[names[index]], finished,
+                      len(argument_lists))
+            continue
+        log.info("%s (%d/%d)", describe(index, results[index]), finished, len(argument_lists))
+    if failures:
+        raise PartsFailed(failures, len(argument_lists))
+    return results
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -299,12 +369,31 @@ def iter_tar_groups(stream: IO[bytes], shard: str,
     """Yield ``(key, {extension: bytes})`` per sample; a truncated tar ends the shard, reported.
 
     tarfile ends a stream quietly when a header is cut short, so the end-of-archive marker (two
-    zero blocks after the last member) is checked explicitly: no silent loss.
+    zero blocks after the last member) is checked explicitly: no silent loss.  A sample whose
+    members are ambiguous is reported (field ``tar_member``) and not yielded: a member repeated
+    within the sample (``k1.sat.jpg`` twice: which copy is meant is unknown), or a key whose
+    members come back after another key's (WebDataset groups adjacent members only).
+    PAX headers (long names) are read by ``tarfile`` itself.
     """
     key: str | None = None
     members: dict[str, bytes] = {}
+    repeated: list[str] = []
+    seen: set[str] = set()
     reader = _CountingReader(stream)
     problem: str | None = None
+
+    def finish() -> Iterator[tuple[str, dict[str, bytes]]]:
+        assert key is not None
+        if repeated:
+            on_error(CorruptSample(shard, key, "tar_member", f"tar member(s) {', '.join(repeated)} appear more "
+                                   "than once in this sample; the copies are ambiguous, so the sample is skipped"))
+        elif key in seen:
+            on_error(CorruptSample(shard, key, "tar_member", "the key's members appear again after another "
+                                   "sample's (a key may occur once per shard); this later group is skipped"))
+        else:
+            yield key, members
+        seen.add(key)
+
     try:
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for info in tar:
@@ -317,8 +406,10 @@ def iter_tar_groups(stream: IO[bytes], shard: str,
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if member_key != key:
                     if key is not None:
-                        yield key, members
-                    key, members = member_key, {}
+                        yield from finish()
+                    key, members, repeated = member_key, {}, []
+                if extension in members and f"{key}.{extension}" not in repeated:
+                    repeated.append(f"{key}.{extension}")
                 members[extension] = data
             end_of_members = tar.offset
         while reader.read(1 << 20):
@@ -332,7 +423,7 @@ def iter_tar_groups(stream: IO[bytes], shard: str,
                                f"shard is truncated or unreadable after this key ({problem}); "
                                "the rest of the shard is skipped"))
     if key is not None:
-        yield key, members
+        yield from finish()
 
 
 def iter_shard_samples(stream: IO[bytes], shard: str, on_error: Callable[[CorruptSample], None],

@@ -43,7 +43,6 @@ every skipped record with its reason; skips are also logged as a warning.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -585,7 +584,7 @@ def _image_url(base_url: str, path: str) -> str:
 
 
 def _read_image(url: str) -> tuple[bytes | None, str | None]:
-    from PIL import Image
+    from gleam.data.images import ImageError, decode_image
 
     try:
         data = storage.read_bytes(url)
@@ -594,10 +593,9 @@ def _read_image(url: str) -> tuple[bytes | None, str | None]:
     except OSError as error:  # StorageError included
         return None, f"unreadable image {url} ({error})"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except Exception as error:  # PIL raises many types for broken files
-        return None, f"unreadable image {url} ({type(error).__name__})"
+        decode_image(data)  # the one decoder: what training will decode must decode here
+    except ImageError as error:
+        return None, f"unreadable image {url} ({type(error).__name__}: {error.detail})"
     return data, None
 
 

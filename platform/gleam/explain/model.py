@@ -24,7 +24,6 @@ examples are cut inside the answer only; a prompt (image tokens included) that d
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -450,11 +449,17 @@ def build_messages(instruction: str, answer: str | None = None) -> list[dict[str
 
 
 def load_image(data: Any, image_size: int):
-    """An RGB PIL image of ``image_size`` x ``image_size`` from encoded bytes or a PIL image."""
+    """An RGB PIL image of ``image_size`` x ``image_size`` from encoded bytes or a PIL image.
+
+    Bytes are decoded by the platform's one decoder (``gleam.data.images.decode_rgb``: EXIF
+    orientation, 16-bit/float scaling, alpha...), so GLEAM-X sees the pixels GLEAM-C sees;
+    refused bytes raise its ``ImageError`` subclasses.
+    """
     from PIL import Image
 
-    image = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(bytes(data)))
-    image = image.convert("RGB")
+    from gleam.data.images import decode_rgb
+
+    image = data.convert("RGB") if isinstance(data, Image.Image) else Image.fromarray(decode_rgb(bytes(data)))
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return image

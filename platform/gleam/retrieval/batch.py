@@ -116,12 +116,12 @@ def modality_of(url: str, root: str, modality: str, fallback: str | None) -> str
 
 
 def decode_photo(data: bytes) -> np.ndarray:
-    """Encoded image -> uint8 HxWx3 RGB, EXIF orientation applied (phone photos)."""
-    from PIL import Image, ImageOps
+    """Encoded image -> uint8 HxWx3 RGB by the platform's one decoder
+    (``gleam.data.images.decode_rgb``: EXIF orientation, 16-bit/float scaling, alpha...);
+    raises its ``ImageError`` subclasses."""
+    from gleam.data.images import decode_rgb
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    return decode_rgb(data)
 
 
 def read_and_decode(batch: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:

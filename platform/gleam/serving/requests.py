@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from gleam.data.images import ImageError, ImageTooLarge, decode_rgb
 from gleam.data.schema import SATELLITE_ONLY, query_modalities
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
@@ -37,23 +36,20 @@ def accepted_modalities() -> list[str]:
 
 
 def decode_image_bytes(data: bytes, field: str, max_bytes: int) -> np.ndarray:
-    """Uploaded bytes -> uint8 HxWx3 RGB; 413 when too large, 415 when not an image."""
+    """Uploaded bytes -> uint8 HxWx3 RGB by the platform's one decoder (``gleam.data.images``);
+    413 when too many bytes or pixels (decompression bombs included), 415 when not a readable
+    image (not an image, truncated, corrupt), 422 when empty or smaller than 8x8."""
     if not data:
         raise RequestError(422, field, "is empty: send a JPEG or PNG image")
     if len(data) > max_bytes:
         raise RequestError(413, field, f"is {len(data)} bytes; the limit is {max_bytes} bytes "
                                        f"({max_bytes / 2**20:.1f} MiB): downscale or recompress the image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise RequestError(413, field, f"is {image.width}x{image.height} pixels; the limit is "
-                                               f"{MAX_PIXELS} pixels")
-            image.load()
-            array = np.asarray(image.convert("RGB"))
-    except RequestError:
-        raise
-    except Exception as error:  # PIL raises many types for a file that is not an image
-        raise RequestError(415, field, f"is not a readable image ({type(error).__name__}); "
+        array = decode_rgb(data, max_pixels=MAX_PIXELS)
+    except ImageTooLarge as error:
+        raise RequestError(413, field, f"is {error.detail}") from None
+    except ImageError as error:
+        raise RequestError(415, field, f"is not a readable image ({type(error).__name__}: {error.detail}); "
                                        "send JPEG or PNG bytes") from None
     if min(array.shape[:2]) < 8:
         raise RequestError(422, field, f"is {array.shape[1]}x{array.shape[0]} pixels; at least 8x8 is needed")

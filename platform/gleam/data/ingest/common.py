@@ -10,8 +10,9 @@ image bytes), the problems it found on the way (``Skip``: file, reason) and the 
    a record whose query *and* satellite contents equal an earlier record's is dropped and listed
    under ``duplicates`` (hashes are cached under ``_ingest/`` so a resumed run does not re-read);
 2. records are grouped by (split, modality) into parts of ``records_per_part``; each part is one
-   Ray task that reads and verifies the images (decoded with PIL: JPEG and PNG bytes are kept as
-   they are, other formats and images larger than ``max_side`` are re-encoded as JPEG) and writes
+   Ray task that reads and verifies the images (decoded with ``gleam.data.images.decode_image``,
+   the decoder every reader uses: JPEG and PNG bytes are kept as they are, other formats are
+   re-encoded losslessly as PNG, images larger than ``max_side`` downscaled as JPEG) and writes
    them with ``gleam.data.shards.write_part`` (resumable, byte-reproducible).  An unreadable or
    missing image skips its sample with a reason, recorded in ``_ingest/<part>.skips.json`` before
    the part record is published, so a resumed run still reports it;
@@ -41,6 +42,7 @@ from PIL import Image
 from gleam import storage
 from gleam.config import ShardConfig
 from gleam.data import shards
+from gleam.data.images import ImageError, ImageTooLarge, decode_image
 from gleam.data.schema import SPLITS, Sample, SampleError, validate
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ ASPECT_TOLERANCE = 0.02
 # Skip reasons (the report counts skips by these codes)
 MISSING_FILE = "missing_file"
 UNREADABLE_IMAGE = "unreadable_image"
+TOO_MANY_PIXELS = "too_many_pixels"
 NOT_AN_IMAGE = "not_an_image"
 NO_SATELLITE = "no_satellite"
 MISMATCHED_IDS = "mismatched_ids"
@@ -123,7 +126,6 @@ class IngestPlan:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
-_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
 def make_key(*parts: str) -> str:
@@ -297,32 +299,49 @@ class ImageProblem(Exception):
 
 @dataclass
 class PreparedImage:
+    """Bytes to store and the image as viewed: ``width``/``height`` after EXIF orientation;
+    ``decoding``: ``gleam.data.images.DecodeInfo.notes()`` (empty for a plain 8-bit decode)."""
+
     data: bytes
     width: int
     height: int
     reencoded: bool
+    decoding: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_image(data: bytes, max_side: int | None = None, jpeg_quality: int = 90) -> PreparedImage:
-    """Verify that ``data`` decodes; keep JPEG/PNG bytes, re-encode others (and large ones) as JPEG."""
+    """Decode ``data`` with the platform's one decoder (``gleam.data.images.decode_image``) and
+    choose the bytes to store.
+
+    JPEG and PNG bytes are kept as they are (every reader decodes them with the same function,
+    so EXIF orientation, 16-bit scaling and alpha are applied identically there); other formats
+    (GIF, TIFF, BMP, WebP...) are re-encoded losslessly as PNG from the decoded pixels; an image
+    larger than ``max_side`` is downscaled (Lanczos) and stored as JPEG at ``jpeg_quality``.
+    Raises ``ImageProblem``: ``too_many_pixels`` for a decompression bomb, ``unreadable_image``
+    (detail names the ``ImageError`` class) for anything else the decoder refuses.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-            if max_side and max(width, height) > max_side:
-                scale = max_side / max(width, height)
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                converted = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-            elif image.format in KEEP_FORMATS:
-                return PreparedImage(data, width, height, False)
-            else:
-                converted = image.convert("RGB")
-    except Exception as error:  # PIL raises many types for broken files
-        message = _OBJECT_REPR.sub("", str(error)).strip()  # no memory addresses: reports stay reproducible
-        raise ImageProblem(UNREADABLE_IMAGE, f"cannot decode ({type(error).__name__}: {message})") from None
+        decoded = decode_image(data)
+    except ImageTooLarge as error:
+        raise ImageProblem(TOO_MANY_PIXELS, f"cannot decode (ImageTooLarge: {error.detail})") from None
+    except ImageError as error:
+        raise ImageProblem(UNREADABLE_IMAGE, f"cannot decode ({type(error).__name__}: {error.detail})") from None
+    pixels, notes = decoded.pixels, decoded.info.notes()
+    height, width = pixels.shape[:2]
+    if max_side and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        converted, image_format = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS), "JPEG"
+    elif decoded.info.format in KEEP_FORMATS:
+        return PreparedImage(data, width, height, False, notes)
+    else:
+        converted, image_format = Image.fromarray(pixels), "PNG"
     buffer = io.BytesIO()
-    converted.save(buffer, format="JPEG", quality=jpeg_quality)
-    return PreparedImage(buffer.getvalue(), converted.size[0], converted.size[1], True)
+    if image_format == "JPEG":
+        converted.save(buffer, format="JPEG", quality=jpeg_quality)
+    else:
+        converted.save(buffer, format="PNG")
+    return PreparedImage(buffer.getvalue(), converted.size[0], converted.size[1], True, notes)
 
 
 def _load_image(url: str, max_side: int | None, jpeg_quality: int) -> PreparedImage:
@@ -369,6 +388,8 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
         query = None
         metadata = dict(record.metadata)
         metadata["satellite_size"] = [tile.width, tile.height]
+        if tile.decoding:
+            metadata["satellite_decoding"] = tile.decoding
         if record.query is not None:
             try:
                 query = _load_image(record.query, max_side, jpeg_quality)
@@ -376,6 +397,8 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
                 skip(record, problem.reason, record.query, f"query image: {problem.detail}")
                 continue
             metadata["query_size"] = [query.width, query.height]
+            if query.decoding:
+                metadata["query_decoding"] = query.decoding
             if record.query_aspect and abs(query.width / query.height - record.query_aspect) > \
                     ASPECT_TOLERANCE * record.query_aspect:
                 warnings.append(asdict(Skip("aspect_ratio", relative_name(record.query, root),
@@ -461,21 +484,12 @@ def hash_files_task(urls: list[str]) -> list[str | None]:
     return digests
 
 
-def _run_tasks(function: Callable[..., Any], argument_lists: list[tuple], describe: Callable[[int, Any], str]) -> list[Any]:
-    """Run ``function`` once per argument tuple as Ray tasks; results in argument order."""
-    import ray
-
-    task = ray.remote(num_cpus=1, max_retries=2)(function)
-    pending = {task.remote(*args): i for i, args in enumerate(argument_lists)}
-    results: list[Any] = [None] * len(argument_lists)
-    done_count = 0
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        index = pending.pop(done[0])
-        results[index] = ray.get(done[0])
-        done_count += 1
-        log.info("%s (%d/%d)", describe(index, results[index]), done_count, len(argument_lists))
-    return results
+def _run_tasks(function: Callable[..., Any], argument_lists: list[tuple], describe: Callable[[int, Any], str],
+               names: list[str] | None = None) -> list[Any]:
+    """Run ``function`` once per argument tuple as Ray tasks; results in argument order.
+    A failing task does not stop the others: ``shards.PartsFailed`` lists the failures at the end."""
+    names = names or [f"task-{i:04d}" for i in range(len(argument_lists))]
+    return shards.run_part_tasks(function, argument_lists, names, describe)
 
 
 def content_hashes(records: list[PairRecord], output: str, chunk_files: int, resume: bool) -> dict[str, str | None]:
@@ -494,7 +508,7 @@ def content_hashes(records: list[PairRecord], output: str, chunk_files: int, res
                 known[i] = cached["sha256"]
     todo = [i for i in range(len(chunks)) if i not in known]
     results = _run_tasks(hash_files_task, [(chunks[i],) for i in todo],
-                         lambda n, r: f"hashed {len(r)} files")
+                         lambda n, r: f"hashed {len(r)} files", [f"hashes-{i:04d}" for i in todo])
     for i, digests in zip(todo, results):
         storage.write_json(cache_urls[i], {"files": chunks[i], "sha256": digests}, indent=None)
         known[i] = digests
@@ -559,7 +573,7 @@ def run_plan(plan: IngestPlan, output: str, shard_config: ShardConfig, *, resume
     arguments = [(output, part, plan.source, plan.root, shard_config, resume, max_side) for part in parts]
     results = _run_tasks(write_part_task, arguments, lambda i, r: (
         f"part {r['part']}: " + ("complete from an earlier run" if r["resumed"] else f"wrote in {r['seconds']:.1f}s")
-        + f", {r['samples']} samples, {len(r['skipped'])} skipped"))
+        + f", {r['samples']} samples, {len(r['skipped'])} skipped"), [part.name for part in parts])
     records_by_part = [shards.PartRecord.from_json(r["record"]) for r in results]
     manifest_extra = {"ingest": {"source": plan.source, "flags": plan.flags}}
     report = build_report(plan, output, results, duplicates, conflicts, dedupe, records_per_part, max_side)
