@@ -89,7 +89,7 @@ def make_cvusa(root) -> None:
     """5 train pairs (0000005 duplicates 0000001's bytes; one line with mismatched ids), 2 val pairs."""
     for i in range(1, 8):
         write_image(root / f"bingmap/19/{i:07d}.jpg")
-        write_image(root / f"streetview/panos/{i:07d}.jpg", size=(48, 12))
+        write_image(root / f"streetview/panos/{i:07d}.jpg", size=(32, 16) if i == 6 else (44, 8))  # 6: not 5.5:1
     shutil.copy(root / "bingmap/19/0000001.jpg", root / "bingmap/19/0000005.jpg")
     shutil.copy(root / "streetview/panos/0000001.jpg", root / "streetview/panos/0000005.jpg")
     line = "bingmap/19/{0}.jpg,streetview/panos/{1}.jpg,streetview/annotations/{0}.png"
@@ -258,11 +258,14 @@ def test_cvusa_on_s3_duplicates_mismatches_locations(ray_session, s3_bucket, tmp
     assert report["duplicates_removed"] == 1
     assert report["duplicates"][0]["key"] == "train-0000005" and report["duplicates"][0]["duplicate_of"] == "train-0000001"
     assert report["skipped_by_reason"] == {"mismatched_ids": 1}
-    assert report["warnings_by_reason"] == {"no_coordinates": 1}  # 0000007 is not in all.csv
+    assert report["warnings_by_reason"] == {"aspect_ratio": 1, "no_coordinates": 1}  # 0000007 is not in all.csv
+    assert report["panorama_aspects"] == {"2": 1, "5.5": 4}
+    assert next(w for w in report["warnings"] if w["reason"] == "aspect_ratio")["key"] == "test-0000006"
     samples = read_back(output)
     assert samples["train-0000002"].latitude == 32 and samples["train-0000002"].longitude == -92
     assert samples["train-0000002"].heading == 0.0 and samples["train-0000002"].metadata["coordinates_known"]
     assert samples["test-0000007"].metadata["coordinates_known"] is False
+    assert samples["test-0000007"].metadata["panorama_aspect"] == 5.5 and samples["test-0000006"].metadata["panorama_aspect"] == 2
     assert samples["test-0000006"].query_image == (local / "streetview/panos/0000006.jpg").read_bytes()
     assert storage.exists(output + "/manifest.json") and storage.exists(output + "/config.yaml")
 
@@ -359,7 +362,9 @@ def test_manifest_csv_through_the_job_entry_point(ray_session, tmp_path, capsys)
     assert ground.heading == 90.0 and ground.query_image == (root / "photos/a.jpg").read_bytes()
     assert ground.location_id == samples["train-streetmap-000002"].location_id
     reencoded = samples["test-ground-000004"]
-    assert reencoded.metadata["reencoded"] and Image.open(io.BytesIO(reencoded.query_image)).format == "JPEG"
+    # re-encoded losslessly: the stored pixels are the decoded BMP's
+    assert reencoded.metadata["reencoded"] and Image.open(io.BytesIO(reencoded.query_image)).format == "PNG"
+    assert np.array_equal(reencoded.query_array(), np.asarray(Image.open(root / "photos/c.bmp").convert("RGB")))
     assert samples["gallery-satellite-000003"].satellite_image == absolute_tile.read_bytes()
     assert run_job(IngestConfig, ingest, job.summarize, ["dataset=manifest", f"root={tmp_path / 'nothing'}",
                                                          f"output={output}"], job.__doc__) == 1

@@ -186,9 +186,10 @@ def inspect_dataset(source: str | list[str]) -> dict[str, Any]:
 
 def _preprocess_batch(batch: dict[str, Any], sizes: dict[str, tuple[int, int]],
                       satellite_size: tuple[int, int]) -> dict[str, Any]:
-    """Decode encoded images and resize them to the encoder's input size for their modality."""
+    """Decode encoded images and fit them to the encoder's input size for their modality
+    (``gleam.data.transforms.fit_view``: panoramas keep their shape)."""
     from gleam.data.schema import decode_image
-    from gleam.data.transforms import resize
+    from gleam.data.transforms import fit_view, resize
 
     query_pixels, query_shapes, satellite_pixels = [], [], []
     for key, modality, query, satellite in zip(batch["key"], batch["modality"], batch["query"], batch["satellite"]):
@@ -199,7 +200,7 @@ def _preprocess_batch(batch: dict[str, Any], sizes: dict[str, tuple[int, int]],
             query_shapes.append([0, 0])
             continue
         size = sizes.get(modality, satellite_size)
-        query_array = resize(decode_image(query, key, "query_image"), size)
+        query_array = fit_view(decode_image(query, key, "query_image"), size, modality)
         query_pixels.append(query_array.tobytes())
         query_shapes.append(list(query_array.shape[:2]))
     return {

@@ -38,12 +38,53 @@ class AugmentConfig:
     contrast: float = 0.2
 
 
+ASPECT_TOLERANCE = 0.02  # relative: within it a panorama is simply resized
+PAD_VALUE = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104): ~0 after normalisation
+
+
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 HxWx3 -> uint8 at (height, width), antialiased bilinear."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def fit_panorama(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 360-degree panorama at (height, width) without distorting its shape.
+
+    The full width (all azimuths) is kept: the image is scaled by ``width / image width`` in
+    both directions, then centred vertically and padded with ``PAD_VALUE`` (the ImageNet mean,
+    ~0 after normalisation) when shorter, or centre-cropped (sky and ground rows) when taller.
+    An image whose aspect is within ``ASPECT_TOLERANCE`` of the target's is simply resized.
+
+    So a CVUSA panorama (1232x224, 5.5:1, about 65 degrees of elevation around the horizon)
+    fills the horizon band of a 2:1 input exactly where that band lies in a full 2:1
+    equirectangular panorama (VIGOR), instead of being stretched x2.75 vertically; rolling
+    columns (heading augmentation) is unaffected.  Measured in
+    ``benchmarks/bench_panorama_fit.py``.
+    """
+    height, width = size
+    source_height, source_width = image.shape[:2]
+    if abs((source_width / source_height) / (width / height) - 1.0) <= ASPECT_TOLERANCE:
+        return resize(image, size)
+    scaled_height = max(1, round(source_height * width / source_width))
+    scaled = resize(image, (scaled_height, width))
+    if scaled_height >= height:
+        top = (scaled_height - height) // 2
+        return np.ascontiguousarray(scaled[top:top + height])
+    out = np.empty((height, width, 3), np.uint8)
+    out[:] = np.asarray(PAD_VALUE, np.uint8)
+    top = (height - scaled_height) // 2
+    out[top:top + scaled_height] = scaled
+    return out
+
+
+def fit_view(image: np.ndarray, size: tuple[int, int], modality: str) -> np.ndarray:
+    """The encoder's input for a view of ``modality``: ``fit_panorama`` for panoramas (shape
+    kept), ``resize`` for the rest.  Training, evaluation, index building, serving and batch
+    localization all call this, so a view is prepared the same way everywhere."""
+    return fit_panorama(image, size) if modality == "panorama" else resize(image, size)
 
 
 def flip_pair(query: np.ndarray, satellite: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:

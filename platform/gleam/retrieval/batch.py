@@ -128,7 +128,7 @@ def read_and_decode(batch: dict[str, np.ndarray], sizes: dict[str, tuple[int, in
     """Ray Data task: read each file, decode it, resize it to its modality's input size.
 
     Failures become rows with ``error`` set and no pixels."""
-    from gleam.data.transforms import resize
+    from gleam.data.transforms import fit_view
 
     pixels, heights, widths, errors = [], [], [], []
     for path, modality in zip(batch["path"], batch["modality"]):
@@ -145,7 +145,7 @@ def read_and_decode(batch: dict[str, np.ndarray], sizes: dict[str, tuple[int, in
                 error = f"cannot read: {type(failure).__name__}: {failure}"
             else:
                 try:
-                    image = resize(decode_photo(data), sizes[modality])
+                    image = fit_view(decode_photo(data), sizes[modality], modality)
                 except Exception as failure:  # PIL raises many types for broken files
                     error = f"cannot decode image: {type(failure).__name__}: {failure}"
         pixels.append(b"" if image is None else np.ascontiguousarray(image).tobytes())

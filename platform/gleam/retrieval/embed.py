@@ -2,8 +2,8 @@
 serving and batch localization) or a whole shard dataset's satellite gallery with a Ray Data
 actor pool (``embed_gallery``).
 
-Images are resized to the encoder's input size for their modality (``ModelConfig.input_size``)
-with the same resize as training (``gleam.data.transforms.resize``) and normalised and encoded
+Images are fitted to the encoder's input size for their modality (``ModelConfig.input_size``)
+as in training (``gleam.data.transforms.fit_view``) and normalised and encoded
 by ``gleam.core.train.encode_images``: a query embeds exactly as it did during evaluation.
 
 The gallery of a split is one satellite tile per location id: the split's satellite-only
@@ -66,10 +66,11 @@ def check_modality(modality: str) -> str:
 
 
 def prepare_image(image: np.ndarray, modality: str, model_config: Any) -> np.ndarray:
-    """An image as the encoder takes it for ``modality``: RGB uint8 at ``input_size(modality)``."""
-    from gleam.data.transforms import resize
+    """An image as the encoder takes it for ``modality``: RGB uint8 at ``input_size(modality)``,
+    fitted as in training (``gleam.data.transforms.fit_view``: panoramas keep their shape)."""
+    from gleam.data.transforms import fit_view
 
-    return np.ascontiguousarray(resize(as_rgb(image), model_config.input_size(check_modality(modality))))
+    return np.ascontiguousarray(fit_view(as_rgb(image), model_config.input_size(check_modality(modality)), modality))
 
 
 class Embedder:

@@ -97,7 +97,7 @@ class PairRecord:
     longitude: float
     heading: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    query_aspect: float | None = None  # expected query width / height (VIGOR panoramas: 2.0)
+    query_aspect: float | None = None  # the benchmark's query width / height (VIGOR 2.0, CVUSA 5.5): warn otherwise
 
 
 @dataclass
@@ -399,11 +399,14 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
             metadata["query_size"] = [query.width, query.height]
             if query.decoding:
                 metadata["query_decoding"] = query.decoding
+            if record.modality == "panorama":
+                metadata["panorama_aspect"] = round(query.width / query.height, 3)
             if record.query_aspect and abs(query.width / query.height - record.query_aspect) > \
                     ASPECT_TOLERANCE * record.query_aspect:
                 warnings.append(asdict(Skip("aspect_ratio", relative_name(record.query, root),
-                                            f"{query.width}x{query.height} is not "
-                                            f"{record.query_aspect:g}:1", record.key)))
+                                            f"{query.width}x{query.height} ({query.width / query.height:.3g}:1) "
+                                            f"is not the benchmark's {record.query_aspect:g}:1; kept in shape "
+                                            "(gleam.data.transforms.fit_panorama)", record.key)))
         if (query is not None and query.reencoded) or tile.reencoded:
             metadata["reencoded"] = True
         sample = Sample(key=record.key, location_id=record.location_id, modality=record.modality,
@@ -452,11 +455,16 @@ def _skips_url(output: str, part: str) -> str:
 def write_part_task(output: str, part: IngestPart, source: str, root: str, shard_config: ShardConfig,
                     resume: bool, max_side: int | None) -> dict[str, Any]:
     """One Ray task: write a part (or find it complete) and return its record and skip lists."""
-    problems: dict[str, list[dict[str, Any]]] = {"skipped": [], "warnings": []}
+    problems: dict[str, Any] = {"skipped": [], "warnings": [], "panorama_aspects": {}}
 
     def make_samples() -> Iterator[Sample]:
-        yield from part_samples(part.records, source, root, max_side, shard_config.jpeg_quality,
-                                problems["skipped"], problems["warnings"])
+        aspects: Counter[str] = Counter()
+        for sample in part_samples(part.records, source, root, max_side, shard_config.jpeg_quality,
+                                   problems["skipped"], problems["warnings"]):
+            if "panorama_aspect" in sample.metadata:
+                aspects[f"{sample.metadata['panorama_aspect']:g}"] += 1
+            yield sample
+        problems["panorama_aspects"] = dict(sorted(aspects.items()))
         # published before write_part writes the part record: a complete part always has its list
         storage.write_json(_skips_url(output, part.name), problems)
 
@@ -469,6 +477,7 @@ def write_part_task(output: str, part: IngestPart, source: str, root: str, shard
                 "skip_list_unavailable", part.name,
                 "part was complete from an earlier run whose skip list is missing"))]}
     return {"part": part.name, "split": part.split, "modality": part.modality, "resumed": record.skipped,
+            "panorama_aspects": problems.get("panorama_aspects", {}),
             "samples": record.samples, "seconds": record.seconds, "record": record.to_json(),
             "skipped": problems["skipped"], "warnings": problems["warnings"]}
 
@@ -578,11 +587,24 @@ def run_plan(plan: IngestPlan, output: str, shard_config: ShardConfig, *, resume
     manifest_extra = {"ingest": {"source": plan.source, "flags": plan.flags}}
     report = build_report(plan, output, results, duplicates, conflicts, dedupe, records_per_part, max_side)
     report["seconds"] = round(time.perf_counter() - started, 2)
+    off_aspect = report["warnings_by_reason"].get("aspect_ratio", 0)
+    if off_aspect:
+        log.warning("%s: %d queries are not the benchmark's aspect (panoramas written per aspect: %s); they "
+                    "keep their shape in training and serving (padded or cropped, never stretched): see "
+                    "'warnings' in %s", plan.dataset, off_aspect, report["panorama_aspects"], REPORT_NAME)
     report.update(extra_report or {})
     storage.write_json(storage.join(output, REPORT_NAME), report)
     manifest = shards.write_manifest(output, records_by_part, dataset=plan.dataset, extra=manifest_extra)
     report["num_samples"], report["num_shards"] = manifest["num_samples"], manifest["num_shards"]
     return report
+
+
+def panorama_aspects(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Panoramas written per width/height aspect (``"5.5"``: 1232x224 CVUSA, ``"2"``: VIGOR)."""
+    counts: Counter[str] = Counter()
+    for result in results:
+        counts.update(result.get("panorama_aspects", {}))
+    return dict(sorted(counts.items()))
 
 
 def build_report(plan: IngestPlan, output: str, results: list[dict[str, Any]], duplicates: list[dict[str, Any]],
@@ -611,6 +633,7 @@ def build_report(plan: IngestPlan, output: str, results: list[dict[str, Any]], d
         "duplicates": duplicates,
         "conflicts": conflicts,
         "warnings_by_reason": dict(sorted(Counter(w["reason"] for w in warnings).items())),
+        "panorama_aspects": panorama_aspects(results),
         "warnings": warnings,
         "flags": {**plan.flags, "dedupe": dedupe, "max_side": max_side, "records_per_part": records_per_part},
         "notes": plan.notes,

@@ -10,7 +10,8 @@ Layout::
 (zone 55 south) and the 1-based indices of the training and validation sets; some copies name
 the evaluation set ``valSetAll``.  The validation set (CVACT_val) is written to split ``test`` by
 default, as papers evaluate on it.  UTM is converted to WGS84 latitude/longitude with the
-Krüger series below (sub-millimetre within a zone).  Panoramas are north-aligned (heading 0).
+Krüger series below (sub-millimetre within a zone).  Panoramas are north-aligned (heading 0) and
+2:1 (1664x832; another aspect is warned about in the report, ``aspect_ratio``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gleam.data.ingest.common import (BAD_COORDINATES, BAD_VALUE, MISSING_FILE, 
 
 NAME = "cvact"
 SOURCE = "cvact"
+PANORAMA_ASPECT = 2.0  # the release's 1664x832 street panoramas
 
 EXPECTED = """
 <root>/
@@ -204,7 +206,7 @@ def plan_cvact(root: str, options: CvactOptions) -> IngestPlan:
             plan.records.append(PairRecord(
                 key=make_key(split, pano_id), location_id=make_key(NAME, pano_id), split=split,
                 modality="panorama", satellite=tree.url(tile), query=tree.url(query),
-                latitude=latitude, longitude=longitude, heading=0.0,
+                latitude=latitude, longitude=longitude, heading=0.0, query_aspect=PANORAMA_ASPECT,
                 metadata={"id": pano_id, "index": index + 1, "set": set_name,
                           "utm": [float(easting[index]), float(northing[index])], "query_file": query,
                           "satellite_file": tile}))

@@ -12,7 +12,9 @@ default (``cvusa.val_split: val`` keeps it as ``val``).  The subset has no coord
 optional location CSV (``cvusa.locations``: rows ``lat,lon,sat path,pano path``, e.g. the full
 release's ``all.csv``) supplies them, matched by panorama path, then by id.  Without one,
 latitude/longitude are 0 and ``metadata.coordinates_known`` is false.  Panoramas are
-north-aligned (heading 0).  Content de-duplication is on by default: a pair whose panorama and
+north-aligned (heading 0) and 1232x224 (5.5:1; another aspect is warned about in the report,
+``aspect_ratio``); their shape is kept in training and serving (``gleam.data.transforms.fit_panorama``),
+not stretched to ``model.panorama_size``.  Content de-duplication is on by default: a pair whose panorama and
 tile bytes equal an earlier pair's is reported and written once.
 """
 
@@ -29,6 +31,7 @@ from gleam.data.ingest.common import (BAD_COORDINATES, BAD_LINE, MISMATCHED_IDS,
                                       PairRecord, Skip, coordinate_problem, make_key, require_file, stem)
 
 NAME = "cvusa"
+PANORAMA_ASPECT = 1232 / 224  # 5.5:1, the release's panoramas (about 65 degrees of elevation)
 SOURCE = "cvusa"
 
 EXPECTED = """
@@ -130,7 +133,7 @@ def plan_cvusa(root: str, options: CvusaOptions) -> IngestPlan:
         plan.records.append(PairRecord(
             key=make_key(split, stem(pano)), location_id=make_key(NAME, stem(pano)), split=split,
             modality="panorama", satellite=tree.url(sat), query=tree.url(pano), latitude=latitude,
-            longitude=longitude, heading=0.0,
+            longitude=longitude, heading=0.0, query_aspect=PANORAMA_ASPECT,
             metadata={"id": stem(pano), "query_file": pano, "satellite_file": sat, "annotation_file": annotation,
                       "coordinates_known": location is not None}))
     if unlocated:
