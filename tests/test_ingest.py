@@ -196,6 +196,32 @@ def test_university1652_missing_folder_names_it(tmp_path):
     assert "query_drone" in str(caught.value)  # the expected tree is drawn
 
 
+def test_long_drone_names_ingest_and_a_failing_part_spares_the_others(ray_session, tmp_path, capsys):
+    """A 90-character drone file name (a 115-character key) is written (PAX headers); a part
+    whose Ray task raises is reported in one line by the job, after the other parts finished."""
+    from gleam.runtime import run_job
+
+    root, output = tmp_path / "University-Release", tmp_path / "out"
+    make_university(root)
+    long_name = "DJI_20230611_" + "0123456789" * 7 + "_W.jpeg"
+    assert len(long_name) == 90
+    write_image(root / "train/drone/0001" / long_name)
+    blocked = output / "shard-test-uav-0000-0000.tar"
+    blocked.mkdir(parents=True)  # a folder where that part's first shard must be published
+    argv = ["dataset=university1652", f"root={root}", f"output={output}", "records_per_part=3"]
+    assert run_job(IngestConfig, ingest, lambda c, r: r, argv, "ingest", errors=(ValueError, OSError)) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "Traceback" not in message, message
+    assert "1 of " in message and "test-uav-0000: IsADirectoryError" in message and "re-run" in message
+    parts = [r["part"] for r in map(storage.read_json, map(str, output.glob("*.part.json")))]
+    assert len(parts) >= 5 and "test-uav-0000" not in parts  # every other part finished
+    blocked.rmdir()
+    report = ingest(config("university1652", root, output))  # the re-run redoes only the failed part
+    assert report["parts_written"] == 1 and report["counts"]["train"]["uav"] == 5
+    key = make_key("train", "drone", "0001", long_name.rsplit(".", 1)[0])
+    assert len(f"{key}.query.jpg") == 112 and read_back(output)[key].query_image == (root / "train/drone/0001" / long_name).read_bytes()
+
+
 # --------------------------------------------------------------------------- VIGOR
 
 

@@ -48,6 +48,13 @@ def test_rerun_skips_complete_parts_and_rewrites_damaged_ones(ray_session, tmp_p
     report = json.loads((tmp_path / "ds" / "make_shards_report.json").read_text())
     assert report["parts_written"] == 1 and report["parts_skipped"] == len(plan_parts(small_config(output).synth)) - 1
     assert again == manifest
+    victim.unlink()
+    victim.mkdir()  # the part's shard cannot be published: its task raises, the others finish
+    part = victim.name[len("shard-"):-len("-0000.tar")]
+    with pytest.raises(shards.PartsFailed) as failed:
+        make_shards(small_config(output))
+    assert list(failed.value.failures) == [part] and failed.value.failures[part].startswith("IsADirectoryError: ")
+    assert "\n" not in str(failed.value) and f"1 of {len(plan_parts(small_config(output).synth))} parts" in str(failed.value)
 
 
 def test_writes_to_s3(ray_session, s3_bucket):

@@ -157,6 +157,44 @@ def test_truncated_tar_keeps_what_precedes_the_damage(tmp_path):
     assert "truncated" in report.corrupt[0].reason
 
 
+def test_repeated_members_and_keys_are_counted_corrupt(tmp_path):
+    """k1.sat.jpg twice: which copy is the sample's is unknown; a key whose members come back
+    after another key's is a second sample with the same key. Both are skipped and reported."""
+    path = str(tmp_path / "repeated.tar")
+    one, two, three, four = (make_sample(i) for i in range(4))
+    order = [(one, "json"), (one, "query.jpg"), (one, "sat.jpg"), (one, "sat.jpg"),  # repeated member
+             (two, "json"), (two, "query.jpg"), (two, "sat.jpg"),
+             (three, "json"), (three, "query.jpg"), (three, "sat.jpg"),
+             (four, "json"), (four, "query.jpg"), (four, "sat.jpg"),
+             (three, "json"), (three, "query.jpg"), (three, "sat.jpg")]  # key three again
+    with tarfile.open(path, "w") as tar:
+        for sample, extension in order:
+            data = shards.encode_members(sample)[extension]
+            tar.addfile(shards.member_info(sample.key, extension, len(data)), io.BytesIO(data))
+    report = ReadReport()
+    good = list(iter_samples([path], report))
+    assert good == [two, three, four]
+    assert [(c.key, c.field) for c in report.corrupt] == [(one.key, "tar_member"), (three.key, "tar_member")]
+    assert f"{one.key}.sat.jpg" in report.corrupt[0].reason and "again" in report.corrupt[1].reason
+
+
+def test_any_schema_key_is_written_with_pax_headers(tmp_path):
+    """USTAR holds 100 bytes of name without a '/'; PAX holds any key the schema accepts, and a
+    short name keeps the plain 512-byte header (shards written before stay byte-identical)."""
+    long_sample, short_sample = make_sample(0), make_sample(1)
+    long_sample.key = "train-drone-0001-" + "x" * 90 + "/and-a-folder-" + "y" * 120  # 241 characters
+    infos = shards.write_shards([long_sample, short_sample], str(tmp_path), "p0", ShardConfig())
+    report = ReadReport()
+    assert list(iter_samples([str(tmp_path / infos[0].name)], report)) == [long_sample, short_sample]
+    assert report.corrupt == []
+    members = [shards.encode_members(s) for s in (long_sample, short_sample)]
+    content = sum(shards.archived_size(m, s.key) for m, s in zip(members, (long_sample, short_sample)))
+    assert shards.archived_size(members[0], long_sample.key) > shards.archived_size(members[0])  # extended headers
+    assert infos[0].bytes == -(-(content + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+    short_info = shards.member_info(short_sample.key, "json", 10)
+    assert short_info.tobuf(tarfile.PAX_FORMAT) == short_info.tobuf(tarfile.USTAR_FORMAT)
+
+
 # --------------------------------------------------------------------------- S3
 
 
