@@ -88,3 +88,44 @@ def test_resize_and_normalise():
     tensor = to_tensor([image, image], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert tuple(tensor.shape) == (2, 3, 40, 80)
     assert float(tensor.abs().max()) < 0.01
+
+
+def test_panoramas_keep_their_shape_in_every_path(tmp_path):
+    """A CVUSA-shaped panorama (5.5:1) into a 2:1 input keeps its full width and its aspect:
+    centred, padded with the mean colour (no x2.75 stretch); a taller one is centre-cropped; a
+    2:1 one is simply resized. Training, index/serving (Embedder.prepare) and batch localization
+    prepare it identically."""
+    from gleam.core.model import ModelConfig
+    from gleam.data.images import decode_rgb
+    from gleam.data.pipeline import _preprocess_batch
+    from gleam.data.schema import encode_jpeg
+    from gleam.data.transforms import PAD_VALUE, fit_panorama, fit_view
+    from gleam.retrieval.batch import read_and_decode
+    from gleam.retrieval.embed import prepare_image
+
+    rng = np.random.default_rng(3)
+    cvusa = rng.integers(0, 256, (16, 88, 3), dtype=np.uint8)  # 5.5:1
+    fitted = fit_panorama(cvusa, (32, 64))
+    assert fitted.shape == (32, 64, 3)
+    band = resize(cvusa, (12, 64))  # 64 / 88 of 16 rows: 11.6 -> 12, aspect kept
+    np.testing.assert_array_equal(fitted[10:22], band)
+    assert (fitted[:10] == PAD_VALUE).all() and (fitted[22:] == PAD_VALUE).all()
+    tall = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # 4:3 "panorama": sky and ground cropped
+    np.testing.assert_array_equal(fit_panorama(tall, (32, 64)), tall[8:40])
+    vigor = rng.integers(0, 256, (40, 81, 3), dtype=np.uint8)  # 2.03:1, within tolerance: plain resize
+    np.testing.assert_array_equal(fit_panorama(vigor, (32, 64)), resize(vigor, (32, 64)))
+    np.testing.assert_array_equal(fit_view(cvusa, (32, 32), "uav"), resize(cvusa, (32, 32)))
+
+    data = encode_jpeg(cvusa, quality=95)
+    expected = fit_panorama(decode_rgb(data), (32, 64))
+    train = _preprocess_batch({"key": ["k"], "location_id": ["l"], "modality": ["panorama"], "latitude": [0.0],
+                               "longitude": [0.0], "query": [data], "satellite": [data]},
+                              {"panorama": (32, 64)}, (32, 32))
+    assert train["query_shape"][0].tolist() == [32, 64]
+    np.testing.assert_array_equal(np.frombuffer(train["query_pixels"][0], np.uint8).reshape(32, 64, 3), expected)
+    config = ModelConfig(image_size=32, panorama_size=[32, 64])
+    np.testing.assert_array_equal(prepare_image(decode_rgb(data), "panorama", config), expected)
+    (tmp_path / "p.jpg").write_bytes(data)
+    batch = read_and_decode({"path": np.array([str(tmp_path / "p.jpg")], dtype=object),
+                             "modality": np.array(["panorama"], dtype=object)}, {"panorama": (32, 64)})
+    np.testing.assert_array_equal(np.frombuffer(batch["pixels"][0], np.uint8).reshape(32, 64, 3), expected)
