@@ -26,6 +26,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.slow
 
 
+def bomb_png() -> bytes:
+    """A 20,000 x 20,000 PNG (400 Mpixel) in about 50 KB: a decompression bomb."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def jpeg(seed: int, size: tuple[int, int] = (48, 48)) -> bytes:
     from gleam.data.schema import encode_jpeg
 
@@ -260,6 +269,7 @@ def test_concurrent_requests_are_batched(served):
 @pytest.mark.parametrize("request_kwargs, status, field", [
     ({"files": {"image": ("x.txt", b"plain text, not pixels")}}, 415, "image"),
     ({"files": {"image": ("big.jpg", b"\xff" * 300_000)}}, 413, "image"),
+    ({"files": {"image": ("bomb.png", bomb_png())}}, 413, "image"),
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"language": "fr"}}, 422, "language"),
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"modality": "thermal"}}, 422, "modality"),
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"top_k": "0"}}, 422, "top_k"),
