@@ -130,6 +130,12 @@ def test_decoder_pixels_and_record(table):
     assert (small.width, small.height, small.pixels, small.limit) == (W, H, W * H, 100)
     with pytest.raises(NotAnImage):
         decode_image(b"")
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as some libraries do: never honoured here
+    with pytest.raises(TruncatedImage):
+        decode_image(table["truncated_jpeg"][0])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
 def test_out_of_range_values_are_min_max_scaled_not_clipped():

@@ -40,12 +40,15 @@ sample metadata when anything beyond a plain decode happened.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 BACKGROUND = (0, 0, 0)  # alpha is composited over black
@@ -210,11 +213,16 @@ def _rgb(image: Image.Image) -> tuple[np.ndarray, str, str]:
 def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int | None = None) -> DecodedImage:
     """Encoded image bytes -> ``DecodedImage`` (uint8 [H, W, 3] RGB pixels + ``DecodeInfo``).
 
-    ``max_pixels``: refuse images with more pixels (default ``DEFAULT_MAX_PIXELS``).
+    ``max_pixels``: refuse images with more pixels (default ``DEFAULT_MAX_PIXELS``; Pillow's own
+    hard limit, twice its ``MAX_IMAGE_PIXELS``, still applies above that and raises the same error).
     Raises ``NotAnImage``, ``ImageTooLarge``, ``TruncatedImage`` or ``CorruptImage`` (all
     ``ImageError``); see the module docstring for every rule.
     """
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by some library: truncated files would pass silently
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set by other code; gleam.data.images resets it to "
+                    "False so truncated files are refused, not padded with grey")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise NotAnImage(f"expected encoded image bytes, got {type(data).__name__}")
     if not len(data):
