@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.slow
+STRICT_KEY = "k3y-for-the-strict-app"
 
 
 def bomb_png() -> bytes:
@@ -82,6 +83,16 @@ def served(tmp_path_factory):
         application["args"] = {"index": index, "checkpoint": checkpoint, "explainer": explainer, "device": "cpu",
                                "max_new_tokens": 24, "explain_top": 2, "max_image_bytes": 200_000,
                                "retriever": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
+        # a second app on the same cluster and proxy: API keys, small body caps, and a Retriever that
+        # is easy to saturate (one request at a time, each held by a 1 s batch wait, a queue of one)
+        config["applications"].append({
+            "name": "strict", "import_path": application["import_path"], "route_prefix": "/strict",
+            "args": {"index": index, "checkpoint": checkpoint, "explainer": "", "device": "cpu",
+                     "max_image_bytes": 200_000, "max_body_bytes": 300_000, "max_batch_body_bytes": 400_000,
+                     "api_keys": [STRICT_KEY, "second-key"], "retry_after_s": 3,
+                     "retriever": {"num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 1.0,
+                                   "max_ongoing_requests": 1, "max_queued_requests": 1,
+                                   "autoscaling": {"min_replicas": 1, "max_replicas": 1}}}})
         serve_config = root / "serve.yaml"
         serve_config.write_text(yaml.safe_dump(config))
         log = open(root / "serve.log", "w")
@@ -92,14 +103,15 @@ def served(tmp_path_factory):
         deadline = time.time() + 240
         while True:
             try:
-                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                if all(httpx.get(url + path, timeout=5).status_code == 200 for path in ("/healthz", "/strict/healthz")):
                     break
             except httpx.HTTPError:
                 pass
             if serve_process.poll() is not None or time.time() > deadline:
                 raise AssertionError("serve run did not come up:\n" + (root / "serve.log").read_text()[-5000:])
             time.sleep(1)
-        yield {"url": url, "samples": samples, "checkpoint": checkpoint, "index": index, "root": root}
+        yield {"url": url, "samples": samples, "checkpoint": checkpoint, "index": index, "root": root,
+               "explainer": explainer, "address": cluster.address, "port": port}
     finally:
         if serve_process is not None:
             serve_process.terminate()
@@ -339,3 +351,207 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
             assert page.locator("#results .card .disagree").first.text_content().endswith('"match"')
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- isolation and bounds
+
+
+def test_retriever_batch_isolates_failing_and_non_finite_items(served):
+    """In process (no Ray): one item that cannot be embedded and one whose embedding comes out
+    NaN become error entries; the items batched with them get the same top-k as alone."""
+    from gleam.data.schema import decode_image
+    from gleam.serving.app import RetrieverImpl
+
+    impl = RetrieverImpl(served["index"], served["checkpoint"])
+    images = [decode_image(served["samples"][i].query_image) for i in range(4)]
+    alone = [impl.localize_many([(image, "uav", 3)])[0] for image in images]
+    real_embed = impl.embedder.embed
+
+    def embed_with_a_fault(batch, modality):  # the encoder misbehaves on one image (e.g. fp16 overflow)
+        vectors = real_embed(batch, modality)
+        for row, image in enumerate(batch):
+            if image is images[1]:
+                vectors[row] = np.nan
+        return vectors
+
+    impl.embedder.embed = embed_with_a_fault
+    wrong_dtype = images[3].astype(np.float32)  # an item the encoder refuses (raises for its group)
+    results = impl.localize_many([(images[0], "uav", 3), (images[1], "uav", 3), (wrong_dtype, "uav", 3),
+                                  (images[2], "uav", 2), (images[3], "satellite", 3)])
+    ids = lambda result: [c["id"] for c in result["candidates"]]  # noqa: E731
+    assert ids(results[0]) == ids(alone[0])
+    assert results[1]["error"]["status"] == 500 and "non-finite" in results[1]["error"]["message"]
+    assert results[2]["error"]["status"] == 500 and "must be uint8" in results[2]["error"]["message"]
+    assert ids(results[3]) == ids(alone[2])[:2]
+    assert len(results[4]["candidates"]) == 3  # another modality, its own pass
+    assert impl.stats["item_errors"] == 2
+
+
+def test_explainer_batch_isolates_a_failing_pair(served):
+    from gleam.serving.app import ExplainerImpl
+
+    impl = ExplainerImpl(served["explainer"], max_new_tokens=8)
+    sample = served["samples"][0]
+    good = (sample.query_image, sample.satellite_image, "uav", "en")
+    results = impl.explain_many([good, (b"not an image", sample.satellite_image, "uav", "en"), good])
+    assert "error" in results[1] and results[1]["error"]["field"] == "explanation", results[1]
+    assert results[0]["language"] == "en" and results[0]["explanation"] == results[2]["explanation"]
+    assert results[0] == impl.explain_many([good])[0]  # same answer as when asked alone
+    assert impl.stats["item_errors"] == 1
+
+
+ISOLATION_SCRIPT = r"""
+import json, sys
+import numpy as np
+import ray
+from ray import serve
+from gleam.data.schema import decode_image
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+handle = serve.get_deployment_handle("Retriever", app_name="gleam")
+images = [decode_image(open(path, "rb").read()) for path in sys.argv[2:]]
+items = [(images[0], "uav", 3), (np.zeros((16, 16, 3), np.float32), "uav", 3), (images[1], "uav", 3)]
+responses = [handle.localize.remote(item) for item in items]  # sent together: one @serve.batch call
+print("RESULTS " + json.dumps([r.result(timeout_s=60) for r in responses]))
+ray.shutdown()
+"""
+
+
+def test_requests_batched_with_a_failing_item_are_answered(served, tmp_path):
+    """Through the deployed Retriever's @serve.batch: the bad item's caller gets its error, the
+    callers batched with it their top-k (the batch counter shows they shared one call)."""
+    import httpx
+
+    from ray_cluster import cluster_env
+
+    paths = []
+    for i in (0, 1):
+        paths.append(str(tmp_path / f"q{i}.jpg"))
+        open(paths[-1], "wb").write(served["samples"][i].query_image)
+    before = httpx.get(served["url"] + "/healthz", timeout=30).json()["retriever"]["batching"]
+    run = subprocess.run([sys.executable, "-c", ISOLATION_SCRIPT, served["address"], *paths], env=cluster_env(),
+                         capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(run.stdout.split("RESULTS ", 1)[1].splitlines()[0])
+    assert results[1]["error"]["status"] == 500 and "uint8" in results[1]["error"]["message"]
+    for position, sample in ((0, 0), (2, 1)):
+        expected = direct_top_k(served, served["samples"][sample].query_image, "uav", 3)
+        assert [c["id"] for c in results[position]["candidates"]] == [h["id"] for h in expected]
+    after = httpx.get(served["url"] + "/healthz", timeout=30).json()["retriever"]["batching"]
+    assert after["requests"] - before["requests"] == 3 and after["item_errors"] - before["item_errors"] == 1
+    assert after["batches"] - before["batches"] < 3  # the three calls did not each run alone
+
+
+def strict(served, path: str) -> str:
+    return served["url"] + "/strict" + path
+
+
+def test_api_keys_guard_v1_and_leave_page_and_health_open(served):
+    import httpx
+
+    assert httpx.get(strict(served, "/healthz"), timeout=30).status_code == 200
+    assert httpx.get(strict(served, "/"), timeout=30).status_code == 200
+    for headers, params in (({}, {}), ({"Authorization": "Bearer wrong"}, {}), ({"X-API-Key": STRICT_KEY + "x"}, {}),
+                            ({}, {"key": ""})):
+        response = httpx.get(strict(served, "/v1/gallery"), headers=headers, params=params, timeout=30)
+        assert response.status_code == 401, (headers, params, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["error"]["field"] == "api_key"
+    posted = httpx.post(strict(served, "/v1/localize"), files={"image": ("q.jpg", jpeg(3))}, timeout=30)
+    assert posted.status_code == 401
+    for headers, params in (({"Authorization": f"Bearer {STRICT_KEY}"}, {}), ({"X-API-Key": "second-key"}, {}),
+                            ({}, {"key": STRICT_KEY})):
+        response = httpx.get(strict(served, "/v1/gallery"), headers=headers, params=params, timeout=30)
+        assert response.status_code == 200 and response.json()["count"] == 24
+    # the main app has no keys configured: open
+    assert httpx.get(served["url"] + "/v1/gallery", timeout=30).status_code == 200
+
+
+def raw_http(port: int, head: str, body_chunks=(), read_timeout: float = 20.0) -> tuple[str, int]:
+    """Send a request head and then body chunks on a raw socket, stopping as soon as the server
+    answers; -> (the response text, body bytes sent before the answer came)."""
+    import select
+    import socket
+
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        for chunk in body_chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        deadline = time.time() + read_timeout
+        while time.time() < deadline and b"\r\n\r\n" not in answer:
+            if select.select([sock], [], [], 1)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        time.sleep(0.2)
+        while select.select([sock], [], [], 0.2)[0]:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer.decode("latin-1"), sent
+
+
+def test_oversized_bodies_get_413_before_they_are_read(served):
+    """A 40 MiB Content-Length is refused without sending the body; a chunked body without a
+    length is refused once it passes the cap, while the client is still streaming."""
+    import httpx
+
+    key = f"Authorization: Bearer {STRICT_KEY}\r\n"
+    started = time.perf_counter()
+    answer, _ = raw_http(served["port"], f"POST /strict/v1/localize HTTP/1.1\r\nHost: x\r\n{key}"
+                                         f"Content-Type: application/json\r\nContent-Length: {40 * 2**20}\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 413"), answer[:300]
+    assert '"field": "body"' in answer and "300000 bytes" in answer and time.perf_counter() - started < 10
+
+    chunk = b"x" * 65536
+    framed = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(256))  # 16 MiB if all sent
+    answer, sent = raw_http(served["port"], f"POST /strict/v1/localize HTTP/1.1\r\nHost: x\r\n{key}"
+                                            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            framed)
+    assert answer.startswith("HTTP/1.1 413"), answer[:300]
+    assert sent < 16 * 2**20, sent  # answered while the client was still streaming
+
+    # the batch endpoint has its own, larger cap; an ordinary JSON body over the single cap
+    big = {"image": "A" * 350_000}
+    response = httpx.post(strict(served, "/v1/localize"), json=big, headers={"X-API-Key": STRICT_KEY}, timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["field"] == "body"
+    response = httpx.post(strict(served, "/v1/localize/batch"), json={"images": [big]},
+                          headers={"X-API-Key": STRICT_KEY}, timeout=30)
+    assert response.status_code == 200 and response.json()["results"][0]["error"]["status"] == 413  # image cap
+    assert httpx.get(strict(served, "/healthz"), timeout=30).status_code == 200
+
+
+def test_saturated_retriever_answers_503_with_retry_after(served):
+    """One request at a time, a queue of one: a burst of 8 gets some answers and, at once, 503
+    with Retry-After (retry_after_s=3) for the rest, instead of waiting without bound."""
+    import httpx
+
+    def one(i: int):
+        started = time.perf_counter()
+        response = httpx.post(strict(served, "/v1/localize"), files={"image": ("q.jpg", served["samples"][i].query_image)},
+                              data={"top_k": "2"}, headers={"X-API-Key": STRICT_KEY}, timeout=60)
+        return response, time.perf_counter() - started
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    codes = sorted(r.status_code for r, _ in answers)
+    assert set(codes) == {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 4, codes
+    for response, seconds in answers:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "3" and seconds < 1.0, (response.headers, seconds)
+        else:
+            assert len(response.json()["candidates"]) == 2
+    # after the burst the service answers again
+    ok = httpx.post(strict(served, "/v1/localize"), files={"image": ("q.jpg", served["samples"][0].query_image)},
+                    headers={"X-API-Key": STRICT_KEY}, timeout=60)
+    assert ok.status_code == 200

@@ -25,17 +25,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from gleam.retrieval.index import json_coordinate
+from gleam.retrieval.index import NORM_TOLERANCE, json_coordinate
 from gleam.serving.config import VERDICT_PROMPTS, DeploymentSection, ServeAppConfig
+from gleam.serving.guard import GuardSettings, RequestGuard, keys_from_env
 from gleam.serving.requests import (LocalizeRequest, RequestError, check_fields, decode_base64_image,
-                                    decode_image_bytes, parse_bool, parse_int, parse_language,
-                                    parse_modality)
+                                    decode_image_bytes, item_error, parse_bool, parse_int, parse_language,
+                                    parse_modality, raise_item_error)
 
 log = logging.getLogger(__name__)
 
 
-def _record_batch(stats: dict[str, Any], size: int, seconds: float) -> None:
+def _record_batch(stats: dict[str, Any], size: int, seconds: float, errors: int = 0) -> None:
     stats["batches"] += 1
+    stats["item_errors"] += errors
     stats["requests"] += size
     stats["max_batch"] = max(stats["max_batch"], size)
     stats["sizes"][size] += 1
@@ -43,7 +45,8 @@ def _record_batch(stats: dict[str, Any], size: int, seconds: float) -> None:
 
 
 def _new_stats() -> dict[str, Any]:
-    return {"batches": 0, "requests": 0, "max_batch": 0, "sizes": defaultdict(int), "seconds": 0.0}
+    return {"batches": 0, "requests": 0, "max_batch": 0, "sizes": defaultdict(int), "seconds": 0.0,
+            "item_errors": 0}
 
 
 def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
@@ -68,20 +71,61 @@ class RetrieverImpl:
         self.stats = _new_stats()
 
     def localize_many(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
-        """[(image, modality, k)] -> [{"candidates": [...]}], one embedding pass per modality."""
+        """[(image, modality, k)] -> per item ``{"candidates": [...]}`` or ``{"error": {...}}``.
+
+        One embedding pass per modality. A failing item does not fail the others: when a
+        group's pass raises, its items are embedded one by one, and an item whose embedding is
+        non-finite or not unit-norm (the index's ``NORM_TOLERANCE``) becomes an error entry
+        instead of reaching the index (whose search refuses the whole matrix)."""
         started = time.perf_counter()
         results: list[dict[str, Any]] = [{} for _ in items]
         by_modality: dict[str, list[int]] = defaultdict(list)
         for position, (_, modality, _) in enumerate(items):
             by_modality[modality].append(position)
         for modality, positions in by_modality.items():
-            embeddings = self.embedder.embed([items[p][0] for p in positions], modality)
-            k = max(items[p][2] for p in positions)
-            hits = self.index.search(embeddings, k)
-            for row, position in enumerate(positions):
+            rows = self._embed_each(positions, [items[p][0] for p in positions], modality, results)
+            if not rows:
+                continue
+            k = max(items[p][2] for p in rows)
+            try:
+                hits = self.index.search(np.stack([rows[p] for p in rows]), k)
+            except Exception as error:  # the index failed for the whole group: each item says so
+                for position in rows:
+                    results[position] = item_error(500, "index", f"search failed ({type(error).__name__}: "
+                                                                 f"{error}); retry later")
+                continue
+            for row, position in enumerate(rows):
                 results[position] = {"candidates": hits[row][: items[position][2]]}
-        _record_batch(self.stats, len(items), time.perf_counter() - started)
+        _record_batch(self.stats, len(items), time.perf_counter() - started, sum("error" in r for r in results))
         return results
+
+    def _embed_each(self, positions: list[int], images: list[np.ndarray], modality: str,
+                    results: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+        """{position: unit embedding} of the items that embed cleanly; the others get an error
+        entry in ``results``."""
+        try:
+            vectors = list(self.embedder.embed(images, modality))
+        except Exception:
+            vectors = []
+            for image in images:  # isolate the item that fails
+                try:
+                    vectors.append(self.embedder.embed([image], modality)[0])
+                except Exception as error:
+                    vectors.append(error)
+        rows: dict[int, np.ndarray] = {}
+        for position, vector in zip(positions, vectors):
+            if isinstance(vector, Exception):
+                results[position] = item_error(500, "image", f"could not be embedded ({type(vector).__name__}: "
+                                                             f"{vector}); the other images were answered")
+            elif not np.isfinite(vector).all():
+                results[position] = item_error(500, "image", "the encoder produced a non-finite embedding (NaN or "
+                                                             "inf) for this image; the other images were answered")
+            elif abs(float(np.linalg.norm(vector.astype(np.float64))) - 1.0) > NORM_TOLERANCE:
+                results[position] = item_error(500, "image", "the encoder produced a zero or unnormalised embedding "
+                                                             "for this image; the other images were answered")
+            else:
+                rows[position] = vector
+        return rows
 
     def gallery(self) -> dict[str, Any]:
         return {"count": len(self.index), "ids": list(self.index.ids),
@@ -111,6 +155,24 @@ class ExplainerImpl:
         self.stats = _new_stats()
 
     def explain_many(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
+        """[(query, satellite, view, language)] -> per item an answer or ``{"error": {...}}``:
+        when the batched generation raises, each item is answered alone, so one failing pair
+        does not fail the pairs batched with it."""
+        started = time.perf_counter()
+        try:
+            out = self._answer(items)
+        except Exception:
+            out = []
+            for item in items:
+                try:
+                    out += self._answer([item])
+                except Exception as error:
+                    out.append(item_error(500, "explanation", f"GLEAM-X failed on this pair ({type(error).__name__}: "
+                                                              f"{error}); the other pairs were answered"))
+        _record_batch(self.stats, len(items), time.perf_counter() - started, sum("error" in r for r in out))
+        return out
+
+    def _answer(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
         from gleam.explain.evaluate import VERDICT_ONLY_NEW_TOKENS
         from gleam.explain.model import generate
         from gleam.explain.prompts import instruction, parse_answer, verdict_instruction
@@ -118,7 +180,6 @@ class ExplainerImpl:
         def label(verdict: bool | None) -> str | None:
             return None if verdict is None else ("match" if verdict else "no match")
 
-        started = time.perf_counter()
         explain, verify = [], []
         for query, satellite, modality, language in items:
             # the canonical phrasing (the first drawn by a fixed seed): same request, same answer
@@ -144,7 +205,6 @@ class ExplainerImpl:
                         "explanation_verdict": label(parsed.verdict),
                         "agrees": None if verdict is None or parsed.verdict is None else verdict == parsed.verdict,
                         "well_formed": bool(parsed.well_formed), "language": language, "explanation": text})
-        _record_batch(self.stats, len(items), time.perf_counter() - started)
         return out
 
 
@@ -168,6 +228,17 @@ def _read_image_size(model: str) -> int:
     return 112
 
 
+async def _each_answered(method: Any, items: list[Any], field: str) -> list[dict[str, Any]]:
+    """``method(items)`` in a thread; if it raises anyway (a bug, not an item), every item gets
+    the error as its own entry, so callers see a JSON 500 and the replica keeps serving."""
+    try:
+        return await asyncio.to_thread(method, items)
+    except Exception as error:
+        log.exception("batched call failed for %d items", len(items))
+        return [item_error(500, field, f"the server failed on this batch ({type(error).__name__}: {error})")
+                for _ in items]
+
+
 @serve.deployment(name="Retriever")
 class Retriever:
     def __init__(self, index: str, checkpoint: str, device: str, max_batch_size: int, batch_wait_timeout_s: float):
@@ -177,11 +248,12 @@ class Retriever:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def localize(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.impl.localize_many, items)
+        """Per item ``{"candidates"}`` or ``{"error"}``: requests batched together never share a failure."""
+        return await _each_answered(self.impl.localize_many, items, "image")
 
     async def localize_list(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
         """A whole batch request in one call (already a batch: no waiting for company)."""
-        return await asyncio.to_thread(self.impl.localize_many, items)
+        return await _each_answered(self.impl.localize_many, items, "image")
 
     def tile(self, tile_id: str) -> bytes | None:
         return self.impl.tiles.get(tile_id)
@@ -204,13 +276,16 @@ class Explainer:
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05)
     async def explain(self, items: list[tuple[bytes, bytes, str, str]]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.impl.explain_many, items)
+        """Per item an answer or ``{"error"}`` (see ExplainerImpl.explain_many)."""
+        return await _each_answered(self.impl.explain_many, items, "explanation")
 
     def info(self) -> dict[str, Any]:
         return {"batching": _public_stats(self.impl.stats)}
 
 
 api = FastAPI(title="GLEAM", description="Cross-view geo-localization with explanations")
+# API keys and body caps before any route reads the body; settings in api.state.guard (Ingress)
+api.add_middleware(RequestGuard)
 
 
 def _page() -> str:
@@ -223,6 +298,10 @@ class Ingress:
     def __init__(self, retriever: Any, explainer: Any | None, settings: dict[str, Any]):
         self.retriever, self.explainer = retriever, explainer
         self.s = settings
+        # keys from the config and the build's environment, plus this replica's $GLEAM_API_KEYS
+        api.state.guard = GuardSettings(api_keys=[*settings.get("api_keys", []), *keys_from_env()],
+                                        max_body_bytes=settings["max_body_bytes"],
+                                        max_batch_body_bytes=settings["max_batch_body_bytes"])
 
     # ------------------------------------------------------------------ plumbing
 
@@ -278,9 +357,12 @@ class Ingress:
                  for tile in tiles if tile is not None]
         answers = iter(await asyncio.gather(*calls))
         for candidate, tile in zip(chosen, tiles):
-            candidate.update(next(answers) if tile is not None else
-                             {"verdict": None, "explanation": None, "well_formed": False,
-                              "note": "no tile image stored for this id"})
+            answer = next(answers) if tile is not None else None
+            if answer is None or "error" in answer:  # this candidate unexplained; the others keep theirs
+                candidate.update({"verdict": None, "explanation": None, "well_formed": False})
+                candidate.update(answer if answer is not None else {"note": "no tile image stored for this id"})
+            else:
+                candidate.update(answer)
 
     def _result(self, request: LocalizeRequest, retrieved: dict[str, Any]) -> dict[str, Any]:
         return {"id": request.id or None, "modality": request.modality, "top_k": request.top_k,
@@ -317,7 +399,8 @@ class Ingress:
             check_fields(body, {"image", "modality", "top_k", "explain", "language", "id"}, "/v1/localize")
             image_bytes, image = await self._image_field(kind, body, "image")
             query = LocalizeRequest(image_bytes, image, **self._options(body), id=str(body.get("id") or ""))
-            retrieved = await self.retriever.localize.remote((query.image, query.modality, query.top_k))
+            retrieved = raise_item_error(
+                await self.retriever.localize.remote((query.image, query.modality, query.top_k)))
             await self._explain_candidates(query, retrieved["candidates"])
             return JSONResponse(self._result(query, retrieved))
         except RequestError as error:
@@ -363,9 +446,13 @@ class Ingress:
             retrieved = iter(await self.retriever.localize_list.remote(
                 [(p.image, p.modality, p.top_k) for p in good]) if good else [])
             results = []
-            for item in parsed:
+            for position, item in enumerate(parsed):
                 if isinstance(item, LocalizeRequest):
                     found = next(retrieved)
+                    if "error" in found:  # this image failed in the Retriever; the others stand
+                        error = dict(found["error"], field=f"images[{position}].{found['error']['field']}")
+                        results.append({"id": item.id, "error": error})
+                        continue
                     await self._explain_candidates(item, found["candidates"])
                     results.append(self._result(item, found))
                 else:
@@ -392,17 +479,29 @@ class Ingress:
                 satellite, _ = await self._image_field(kind, body, "satellite")
             modality = parse_modality(body.get("modality"))
             language = parse_language(body.get("language"), self.s["languages"])
-            answer = await self.explainer.explain.remote((query_bytes, satellite, modality, language))
+            answer = raise_item_error(
+                await self.explainer.explain.remote((query_bytes, satellite, modality, language)))
             return JSONResponse({"modality": modality, **answer})
         except RequestError as error:
             return JSONResponse(error.to_json(), status_code=error.status)
 
 
-def _deployment_options(section: DeploymentSection) -> dict[str, Any]:
+def _backpressure(max_queued_requests: int, retry_after_s: float) -> dict[str, Any]:
+    """Serve's bounded queue: past ``max_queued_requests`` waiting calls, a caller's handle raises
+    BackPressureError, which Serve 2.60 answers over HTTP as ``backpressure_config.status_code``
+    (503) with ``Retry-After: ceil(retry_after_s)`` (ray/serve/_private/router.py,
+    http_util.retry_after_headers): at the proxy for the Ingress's own queue, and through the
+    handler Serve registers on the ingress's FastAPI app for the Retriever's and Explainer's."""
+    return {"max_queued_requests": max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
+
+
+def _deployment_options(section: DeploymentSection, retry_after_s: float) -> dict[str, Any]:
     scaling = section.autoscaling
     return {
         "ray_actor_options": {"num_cpus": section.num_cpus, "num_gpus": section.num_gpus},
         "max_ongoing_requests": section.max_ongoing_requests,
+        **_backpressure(section.max_queued_requests, retry_after_s),
         "autoscaling_config": {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
                                "target_ongoing_requests": scaling.target_ongoing_requests,
                                "upscale_delay_s": scaling.upscale_delay_s,
@@ -410,11 +509,32 @@ def _deployment_options(section: DeploymentSection) -> dict[str, Any]:
     }
 
 
+def check_limits(config: ServeAppConfig) -> None:
+    """Body caps, queue bounds and Retry-After must be usable numbers (ValueError naming the key)."""
+    for name in ("max_body_bytes", "max_batch_body_bytes", "max_image_bytes"):
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name}: must be at least 1 byte, got {getattr(config, name)}")
+    if config.max_body_bytes < config.max_image_bytes:
+        raise ValueError(f"max_body_bytes ({config.max_body_bytes}) is below max_image_bytes "
+                         f"({config.max_image_bytes}): an allowed image could never be sent; raise max_body_bytes")
+    queues = {"ingress_max_queued_requests": config.ingress_max_queued_requests,
+              "retriever.max_queued_requests": config.retriever.max_queued_requests,
+              "explainer_deployment.max_queued_requests": config.explainer_deployment.max_queued_requests}
+    for name, value in queues.items():
+        if value != -1 and value < 1:
+            raise ValueError(f"{name}: must be at least 1, or -1 for no bound; got {value}")
+    if not config.retry_after_s >= 0:
+        raise ValueError(f"retry_after_s: must be >= 0 seconds, got {config.retry_after_s}")
+    if any(not isinstance(key, str) or not key.strip() for key in config.api_keys):
+        raise ValueError("api_keys: every key must be a non-empty string")
+
+
 def check_artifacts(config: ServeAppConfig) -> None:
     """Fail at build time, with the command that makes it, when a model or index is missing."""
     from gleam import storage
 
     _check_verdict_prompt(config.verdict_prompt)
+    check_limits(config)
     if not storage.exists(storage.join(config.index, "index.faiss")):
         raise ValueError(f"index: no gallery index at {config.index!r}; build one with "
                          "`python jobs/build_index.py --config configs/build-index-local.yaml` or pass index=<folder>")
@@ -429,20 +549,24 @@ def check_artifacts(config: ServeAppConfig) -> None:
 def build_app(config: ServeAppConfig) -> Any:
     """The bound Serve application for ``config``."""
     check_artifacts(config)
-    retriever = Retriever.options(**_deployment_options(config.retriever)).bind(
+    retriever = Retriever.options(**_deployment_options(config.retriever, config.retry_after_s)).bind(
         config.index, config.checkpoint, config.device, config.retriever.max_batch_size,
         config.retriever.batch_wait_timeout_s)
     explainer = None
     if config.explainer:
         section = config.explainer_deployment
-        explainer = Explainer.options(**_deployment_options(section)).bind(
+        explainer = Explainer.options(**_deployment_options(section, config.retry_after_s)).bind(
             config.explainer, config.device, config.max_new_tokens, section.max_batch_size,
             section.batch_wait_timeout_s, config.verdict_prompt)
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
+                "max_body_bytes": config.max_body_bytes, "max_batch_body_bytes": config.max_batch_body_bytes,
+                # the build's own $GLEAM_API_KEYS too (`GLEAM_API_KEYS=... serve run ...`)
+                "api_keys": [*config.api_keys, *keys_from_env()],
                 "languages": list(config.languages)}
     return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options={"num_cpus": 0.1},
-                           max_ongoing_requests=config.ingress_max_ongoing_requests).bind(
+                           max_ongoing_requests=config.ingress_max_ongoing_requests,
+                           **_backpressure(config.ingress_max_queued_requests, config.retry_after_s)).bind(
         retriever, explainer, settings)
 
 

@@ -32,6 +32,9 @@ class DeploymentSection:
     max_batch_size: int = 16  # 1 turns batching off
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = 32
+    # requests waiting for a free replica slot beyond this many get 503 + Retry-After at once
+    # (Serve's max_queued_requests, counted per caller; -1 = wait without bound)
+    max_queued_requests: int = 64
     autoscaling: AutoscalingSection = field(default_factory=AutoscalingSection)
 
 
@@ -58,6 +61,15 @@ class ServeAppConfig:
     verdict_prompt: str = "verdict_only"  # one of VERDICT_PROMPTS
     max_image_bytes: int = 8 * 2**20
     max_batch_images: int = 64
+    # request bodies: refused with 413 from Content-Length, or as soon as the streamed bytes pass
+    # the cap, before the body is held (an 8 MiB image is ~10.7 MiB as base64 JSON)
+    max_body_bytes: int = 12 * 2**20
+    max_batch_body_bytes: int = 64 * 2**20  # POST /v1/localize/batch
+    # keys for /v1/* (Authorization: Bearer <key>, X-API-Key: <key> or ?key=<key>); empty and no
+    # GLEAM_API_KEYS in the environment (comma-separated) = open. GET / and /healthz stay open.
+    api_keys: list[str] = field(default_factory=list)
+    # seconds a 503 (queue full) tells the client to wait, as Retry-After
+    retry_after_s: float = 2.0
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES))
     retriever: DeploymentSection = field(default_factory=DeploymentSection)
     explainer_deployment: DeploymentSection = field(
@@ -65,3 +77,5 @@ class ServeAppConfig:
     ingress_replicas: int = 1
     # Serve's default (5) would cap the requests in flight, and so the Retriever's batches, at 5
     ingress_max_ongoing_requests: int = 128
+    # HTTP requests waiting for an ingress slot beyond this many get 503 + Retry-After
+    ingress_max_queued_requests: int = 256

@@ -30,6 +30,20 @@ class RequestError(Exception):
         return {"error": {"status": self.status, "field": self.field, "message": self.message}}
 
 
+def item_error(status: int, field: str, message: str) -> dict[str, Any]:
+    """One failed item of a batched call, in the API's error form (``{"error": {...}}``): batched
+    methods return these in place of results, so one bad item never fails its batch."""
+    return RequestError(status, field, message).to_json()
+
+
+def raise_item_error(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` unchanged, or the RequestError its ``error`` entry describes."""
+    if "error" in result:
+        error = result["error"]
+        raise RequestError(int(error["status"]), str(error["field"]), str(error["message"]))
+    return result
+
+
 def accepted_modalities() -> list[str]:
     """Query views a client may send: every registered query modality, plus a satellite tile."""
     return [*query_modalities(), SATELLITE_ONLY]
