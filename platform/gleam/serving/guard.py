@@ -92,11 +92,12 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
-def _too_large(cap: int, path: str) -> bytes:
+def _too_large(cap: int, path: str, seen: int | None = None) -> bytes:
     hint = ("split the batch into smaller requests" if path == BATCH_PATH else
             "downscale or recompress the image")
     size = f"{cap} bytes" + (f" ({cap / 2**20:.1f} MiB)" if cap >= 2**20 else "")
-    return _error(413, "body", f"is larger than the limit of {size} for {path}: {hint}")
+    read = "" if seen is None else f" (refused after reading {seen} bytes of it)"
+    return _error(413, "body", f"is larger than the limit of {size} for {path}{read}: {hint}")
 
 
 def _presented_key(scope: Scope) -> str:
@@ -174,7 +175,7 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             if started:
                 raise
-            await _respond(send, 413, _too_large(cap, path), [(b"connection", b"close")])
+            await _respond(send, 413, _too_large(cap, path, error.seen), [(b"connection", b"close")])
