@@ -38,6 +38,7 @@ class Cluster:
     port: int
     dashboard: int
     temp_dir: str
+    env: dict[str, str] | None = None  # the environment `ray start` ran with (cluster_env() if None)
 
     @property
     def address(self) -> str:
@@ -47,11 +48,14 @@ class Cluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard}"
 
-    def submit(self, command: list[str], timeout: float = 480) -> subprocess.CompletedProcess:
-        """`ray job submit` (waits for the job), retrying while the job agent comes up."""
+    def submit(self, command: list[str], timeout: float = 480,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`ray job submit` (waits for the job), retrying while the job agent comes up; ``env``:
+        the client's environment (default: the cluster's own)."""
         for _ in range(24):
             submit = subprocess.run([tool("ray"), "job", "submit", f"--address={self.dashboard_url}", "--",
-                                     *command], capture_output=True, text=True, env=cluster_env(), timeout=timeout)
+                                     *command], capture_output=True, text=True,
+                                    env=env or self.env or cluster_env(), timeout=timeout)
             if "No available agent" not in submit.stdout + submit.stderr:
                 return submit
             time.sleep(5)
@@ -62,7 +66,9 @@ class Cluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_head(num_cpus: int = 2) -> Cluster:
+def start_head(num_cpus: int = 2, env: dict[str, str] | None = None) -> Cluster:
+    """``env``: the environment of `ray start` (default cluster_env(), token auth off)."""
+    env = env or cluster_env()
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="gleam-ray-", dir="/tmp")
     head = subprocess.Popen([tool("ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
@@ -71,14 +77,14 @@ def start_head(num_cpus: int = 2) -> Cluster:
                              f"--dashboard-agent-grpc-port={free_port()}",
                              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                              f"--ray-client-server-port={free_port()}",
-                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=cluster_env(),
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     code = head.wait(timeout=120)
     if code != 0:
         output = head.stdout.read()
         stop_session(head.pid)
         raise AssertionError(f"ray start failed ({code}):\n{output}")
-    return Cluster(head, port, dashboard, temp_dir)
+    return Cluster(head, port, dashboard, temp_dir, env)
 
 
 def stop_session(session_id: int) -> None:

@@ -210,3 +210,97 @@ def test_dockerfile_builds_from_this_repository():
                      for s in shlex.split(a)[:-1] if not s.startswith("--")]
     assert {"pyproject.toml", "constraints.txt", "platform"} <= set(copied_before)
     assert {"jobs", "serve_apps", "configs"} <= set(copied)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def container_env(container: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def kuberay_auth_problems(manifest: dict) -> list[str]:
+    """Why this manifest would let someone who reaches the head run code (empty = none): Ray
+    token auth must be on, by ``authOptions.mode: token`` or by RAY_AUTH_MODE=token with
+    RAY_AUTH_TOKEN from a Secret in every container, and the head (dashboard/job API) must not
+    be published outside the cluster."""
+    spec = cluster_spec(manifest)
+    problems = []
+    head = spec["headGroupSpec"]
+    containers = [c for pod in [head["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+                  for c in pod["spec"]["containers"]]
+    auth = spec.get("authOptions") or {}
+    by_env = all(container_env(c).get("RAY_AUTH_MODE", {}).get("value") == "token"
+                 and "secretKeyRef" in container_env(c).get("RAY_AUTH_TOKEN", {}).get("valueFrom", {})
+                 for c in containers)
+    if auth.get("mode") != "token" and not by_env:
+        problems.append("token auth is off: set authOptions: {mode: token} (or RAY_AUTH_MODE=token and "
+                        "RAY_AUTH_TOKEN from a Secret in every container)")
+    if any(container_env(c).get("RAY_AUTH_MODE", {}).get("value") == "disabled" for c in containers):
+        problems.append("a container sets RAY_AUTH_MODE=disabled")
+    if head.get("serviceType", "ClusterIP") != "ClusterIP":
+        problems.append(f"the head Service is {head['serviceType']}: the job API (8265) is published")
+    if head.get("enableIngress"):
+        problems.append("enableIngress publishes the dashboard and job API")
+    serve_type = manifest["spec"].get("serveService", {}).get("spec", {}).get("type", "ClusterIP")
+    if manifest["kind"] == "RayService" and serve_type != "ClusterIP":
+        problems.append(f"the Serve Service is {serve_type}: publish it through an Ingress with TLS instead")
+    return problems
+
+
+def launcher_auth_problems(config: dict) -> list[str]:
+    """The same for the cluster launcher file: token mode on every `ray start`, the token
+    distributed to the nodes, the dashboard on the head's loopback."""
+    problems = []
+    head = " ".join(config["head_start_ray_commands"])
+    workers = " ".join(config["worker_start_ray_commands"])
+    for name, commands in (("head_start_ray_commands", head), ("worker_start_ray_commands", workers)):
+        start = commands.find("ray start")
+        if start < 0 or "RAY_AUTH_MODE=token" not in commands[:start]:
+            problems.append(f"{name}: `ray start` runs without RAY_AUTH_MODE=token")
+    host = re.search(r"--dashboard-host[= ](\S+)", head)
+    if host and host.group(1) not in ("127.0.0.1", "localhost"):
+        problems.append(f"the dashboard listens on {host.group(1)}: keep it on 127.0.0.1 (`ray dashboard` forwards it)")
+    mounts = config.get("file_mounts", {})
+    if not any(remote.endswith(".ray/auth_token") for remote in mounts) and "RAY_AUTH_TOKEN" not in head:
+        problems.append("no token reaches the nodes: file_mounts ~/.ray/auth_token (ray get-auth-token --generate)")
+    return problems
+
+
+def test_every_cluster_file_requires_a_token_and_stays_internal():
+    import glob
+
+    assert sorted(glob.glob("cluster/*.yaml", root_dir=ROOT)) == sorted(KUBERAY), "a new manifest: add it to KUBERAY"
+    for path in KUBERAY:
+        assert kuberay_auth_problems(load_yaml(path)) == [], path
+        spec = cluster_spec(load_yaml(path))
+        assert spec["authOptions"]["secretName"] == "gleam-ray-auth", path
+        head_comment = open(os.path.join(ROOT, path)).read().split("apiVersion:")[0]
+        assert "gleam-ray-auth" in head_comment and "port-forward" in head_comment, path
+    assert launcher_auth_problems(load_yaml("ray-cluster.yaml")) == []
+
+
+def test_auth_checks_catch_open_clusters():
+    manifest = load_yaml("cluster/rayservice.yaml")
+    del manifest["spec"]["rayClusterConfig"]["authOptions"]
+    manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["serviceType"] = "LoadBalancer"
+    manifest["spec"]["serveService"] = {"spec": {"type": "NodePort"}}
+    problems = kuberay_auth_problems(manifest)
+    assert len(problems) == 3 and "token auth is off" in problems[0] and "LoadBalancer" in problems[1], problems
+
+    manifest = load_yaml("cluster/raycluster.yaml")  # the manual form (env from a Secret) also counts
+    del manifest["spec"]["authOptions"]
+    for pod in [manifest["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in manifest["spec"]["workerGroupSpecs"]]:
+        pod["spec"]["containers"][0]["env"] += [
+            {"name": "RAY_AUTH_MODE", "value": "token"},
+            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "auth_token"}}}]
+    assert kuberay_auth_problems(manifest) == []
+    manifest["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["env"].pop()
+    assert "token auth is off" in kuberay_auth_problems(manifest)[0]
+
+    config = load_yaml("ray-cluster.yaml")
+    config["head_start_ray_commands"] = [c.replace("export RAY_AUTH_MODE=token; ", "").replace(
+        "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0") for c in config["head_start_ray_commands"]]
+    del config["file_mounts"]["~/.ray/auth_token"]
+    problems = launcher_auth_problems(config)
+    assert len(problems) == 3 and "0.0.0.0" in problems[1], problems
