@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
 
 from gleam.retrieval.index import NORM_TOLERANCE, json_coordinate
 from gleam.serving.config import VERDICT_PROMPTS, DeploymentSection, ServeAppConfig
@@ -239,6 +240,21 @@ async def _each_answered(method: Any, items: list[Any], field: str) -> list[dict
                 for _ in items]
 
 
+async def _call(method: Any, *args: Any, attempts: int = 2) -> Any:
+    """``await method.remote(*args)``, again when the replica died under the call (RayActorError:
+    killed, out of memory, node lost). Every call here is a read, safe to repeat, and Serve
+    routes the repeat to a live replica (or the one it restarts), so a lost replica costs its
+    in-flight requests latency, not errors (benchmarks/bench_serve_soak.py kills one)."""
+    for attempt in range(attempts):
+        try:
+            return await method.remote(*args)
+        except RayActorError as error:
+            if attempt == attempts - 1:
+                raise
+            log.warning("replica lost during %s (%s); asking another", getattr(method, "_method_name", method),
+                        type(error).__name__)
+
+
 @serve.deployment(name="Retriever")
 class Retriever:
     def __init__(self, index: str, checkpoint: str, device: str, max_batch_size: int, batch_wait_timeout_s: float):
@@ -352,8 +368,8 @@ class Ingress:
             raise RequestError(409, "explain", "this deployment has no GLEAM-X model (explainer=''); "
                                                "ask without explain=true")
         chosen = candidates[: self.s["explain_top"]]
-        tiles = await asyncio.gather(*(self.retriever.tile.remote(c["id"]) for c in chosen))
-        calls = [self.explainer.explain.remote((request.image_bytes, tile, request.modality, request.language))
+        tiles = await asyncio.gather(*(_call(self.retriever.tile, c["id"]) for c in chosen))
+        calls = [_call(self.explainer.explain, (request.image_bytes, tile, request.modality, request.language))
                  for tile in tiles if tile is not None]
         answers = iter(await asyncio.gather(*calls))
         for candidate, tile in zip(chosen, tiles):
@@ -376,18 +392,18 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        retriever = await self.retriever.info.remote()
-        explainer = await self.explainer.info.remote() if self.explainer is not None else None
+        retriever = await _call(self.retriever.info)
+        explainer = await _call(self.explainer.info) if self.explainer is not None else None
         return {"status": "ok", "retriever": retriever, "explainer": explainer,
                 "languages": self.s["languages"]}
 
     @api.get("/v1/gallery")
     async def gallery(self) -> dict[str, Any]:
-        return await self.retriever.gallery.remote()
+        return await _call(self.retriever.gallery)
 
     @api.get("/v1/tiles/{tile_id:path}")
     async def tile(self, tile_id: str) -> Response:
-        data = await self.retriever.tile.remote(tile_id)
+        data = await _call(self.retriever.tile, tile_id)
         if data is None:
             return JSONResponse(RequestError(404, "tile_id", f"{tile_id!r} is not in the gallery").to_json(), 404)
         return Response(content=data, media_type="image/jpeg")
@@ -400,7 +416,7 @@ class Ingress:
             image_bytes, image = await self._image_field(kind, body, "image")
             query = LocalizeRequest(image_bytes, image, **self._options(body), id=str(body.get("id") or ""))
             retrieved = raise_item_error(
-                await self.retriever.localize.remote((query.image, query.modality, query.top_k)))
+                await _call(self.retriever.localize, (query.image, query.modality, query.top_k)))
             await self._explain_candidates(query, retrieved["candidates"])
             return JSONResponse(self._result(query, retrieved))
         except RequestError as error:
@@ -443,7 +459,7 @@ class Ingress:
                 except RequestError as error:
                     parsed.append({"id": str(position), **error.to_json()})
             good = [p for p in parsed if isinstance(p, LocalizeRequest)]
-            retrieved = iter(await self.retriever.localize_list.remote(
+            retrieved = iter(await _call(self.retriever.localize_list,
                 [(p.image, p.modality, p.top_k) for p in good]) if good else [])
             results = []
             for position, item in enumerate(parsed):
@@ -472,7 +488,7 @@ class Ingress:
                 raise RequestError(409, "explainer", "this deployment has no GLEAM-X model (explainer='')")
             query_bytes, _ = await self._image_field(kind, body, "query")
             if body.get("tile_id"):
-                satellite = await self.retriever.tile.remote(str(body["tile_id"]))
+                satellite = await _call(self.retriever.tile, str(body["tile_id"]))
                 if satellite is None:
                     raise RequestError(404, "tile_id", f"{body['tile_id']!r} is not in the gallery")
             else:
@@ -480,7 +496,7 @@ class Ingress:
             modality = parse_modality(body.get("modality"))
             language = parse_language(body.get("language"), self.s["languages"])
             answer = raise_item_error(
-                await self.explainer.explain.remote((query_bytes, satellite, modality, language)))
+                await _call(self.explainer.explain, (query_bytes, satellite, modality, language)))
             return JSONResponse({"modality": modality, **answer})
         except RequestError as error:
             return JSONResponse(error.to_json(), status_code=error.status)
