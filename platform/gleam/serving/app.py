@@ -459,8 +459,8 @@ class Ingress:
                 except RequestError as error:
                     parsed.append({"id": str(position), **error.to_json()})
             good = [p for p in parsed if isinstance(p, LocalizeRequest)]
-            retrieved = iter(await _call(self.retriever.localize_list,
-                [(p.image, p.modality, p.top_k) for p in good]) if good else [])
+            retrieved = iter(await _call(self.retriever.localize_list, [(p.image, p.modality, p.top_k) for p in good])
+                             if good else [])
             results = []
             for position, item in enumerate(parsed):
                 if isinstance(item, LocalizeRequest):
