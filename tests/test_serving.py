@@ -559,3 +559,38 @@ def test_saturated_retriever_answers_503_with_retry_after(served):
     ok = httpx.post(strict(served, "/v1/localize"), files={"image": ("q.jpg", served["samples"][0].query_image)},
                     headers={"X-API-Key": STRICT_KEY}, timeout=60)
     assert ok.status_code == 200
+
+
+def test_web_page_sends_the_api_key(served, tmp_path):
+    """The page under a route prefix with keys on: ?key= is kept (and dropped from the address),
+    the gallery, the upload and the tile images all carry it; without a key the page says 401."""
+    if CHROMIUM is None:
+        pytest.fail("Chromium is not installed: `apt-get install chromium` (./run.sh test does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    sample = served["samples"][7]
+    upload = tmp_path / "tile.jpg"
+    upload.write_bytes(sample.satellite_image)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_context().new_page()
+            page.goto(strict(served, "/"))
+            page.wait_for_function("document.querySelector('#error').textContent.includes('401')", timeout=30_000)
+            page = browser.new_context().new_page()
+            page.goto(strict(served, f"/?key={STRICT_KEY}"))
+            page.wait_for_selector("circle.gallery-point", state="attached", timeout=30_000)
+            assert page.locator("circle.gallery-point").count() == 24
+            assert "key=" not in page.url and page.input_value("#api_key") == STRICT_KEY
+            page.set_input_files("#image", str(upload))
+            page.select_option("#modality", "satellite")
+            page.uncheck("#explain")
+            page.click("#submit")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            assert page.locator("#results .card").first.get_attribute("data-id") == sample.location_id
+            page.wait_for_function(
+                "() => { const img = document.querySelector('#results .card img');"
+                " return img.complete && img.naturalWidth > 0; }", timeout=30_000)
+        finally:
+            browser.close()
