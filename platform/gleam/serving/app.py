@@ -106,13 +106,13 @@ class RetrieverImpl:
         entry in ``results``."""
         try:
             vectors = list(self.embedder.embed(images, modality))
-        except Exception:
-            vectors = []
-            for image in images:  # isolate the item that fails
+        except Exception as error:
+            vectors = [error] if len(images) == 1 else []
+            for image in images if len(images) > 1 else []:  # isolate the item that fails
                 try:
                     vectors.append(self.embedder.embed([image], modality)[0])
-                except Exception as error:
-                    vectors.append(error)
+                except Exception as item_failure:
+                    vectors.append(item_failure)
         rows: dict[int, np.ndarray] = {}
         for position, vector in zip(positions, vectors):
             if isinstance(vector, Exception):
@@ -160,16 +160,19 @@ class ExplainerImpl:
         when the batched generation raises, each item is answered alone, so one failing pair
         does not fail the pairs batched with it."""
         started = time.perf_counter()
+        def failed(error: Exception) -> dict[str, Any]:
+            return item_error(500, "explanation", f"GLEAM-X failed on this pair ({type(error).__name__}: {error}); "
+                                                  "the other pairs were answered")
+
         try:
             out = self._answer(items)
-        except Exception:
-            out = []
-            for item in items:
+        except Exception as error:
+            out = [failed(error)] if len(items) == 1 else []
+            for item in items if len(items) > 1 else []:  # isolate the pair that fails
                 try:
                     out += self._answer([item])
-                except Exception as error:
-                    out.append(item_error(500, "explanation", f"GLEAM-X failed on this pair ({type(error).__name__}: "
-                                                              f"{error}); the other pairs were answered"))
+                except Exception as item_failure:
+                    out.append(failed(item_failure))
         _record_batch(self.stats, len(items), time.perf_counter() - started, sum("error" in r for r in out))
         return out
 
