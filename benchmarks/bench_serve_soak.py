@@ -79,7 +79,8 @@ def replicas() -> dict[int, str]:
     for process in psutil.process_iter(["pid", "cmdline"]):
         line = " ".join(process.info["cmdline"] or [])
         if "ServeReplica:gleam:" in line:
-            found[process.info["pid"]] = line.split("ServeReplica:gleam:", 1)[1].split()[0]
+            # the title may carry the method running (".initialize_and_get_metadata" while starting)
+            found[process.info["pid"]] = line.split("ServeReplica:gleam:", 1)[1].split()[0].split(".")[0]
     return found
 
 
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
             stop(process)
     report = {"benchmark": "serve_soak", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "image_size": args.image_size, "gallery": args.gallery,
-              "retriever_replicas": 2, "retriever_batching_after": batching, **summarise(run, args)}
+              "retriever_replicas": 2, "retriever_batching_after_one_replica": batching, **summarise(run, args)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report
