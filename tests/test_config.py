@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -117,3 +118,78 @@ def test_repository_configs_load():
         kind = document["kind"]
         config = load_config(root_config_class(kind), path)
         assert config.kind == kind
+
+
+# Every str field of a job config is either a path (marked InputPath/OutputPath, or named
+# *_path/*_dir/path) or one of these plain values. A new str field fails this test until it is
+# classified, so a new path cannot slip past resolve_paths unresolved.
+NOT_PATHS = {"address", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
+             "locations", "loss_reduction", "mat_file", "metric", "modality", "mode", "name", "prefix", "source",
+             "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt"}
+
+
+def _str_fields(cls, prefix=""):
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        hint, dotted = hints[item.name], f"{prefix}{item.name}"
+        element = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
+        if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(element):
+            yield from _str_fields(hint if dataclasses.is_dataclass(hint) else element,
+                                   dotted + ("." if dataclasses.is_dataclass(hint) else "[]."))
+        elif str in (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)):
+            yield dotted
+
+
+def test_every_str_field_of_every_job_config_is_classified_path_or_not():
+    from gleam.config import ROOT_CONFIGS, path_fields, root_config_class
+
+    for kind in ROOT_CONFIGS:
+        cls = root_config_class(kind)
+        paths = path_fields(cls)
+        unclassified = [d for d in _str_fields(cls) if d not in paths and d.rsplit(".", 1)[-1] not in NOT_PATHS]
+        assert not unclassified, (f"{kind}: {unclassified}: mark path fields InputPath/OutputPath "
+                                  "(gleam.config), or add plain values to NOT_PATHS")
+    assert path_fields(root_config_class("train_core")) == {
+        "run.output_dir": "output", "data.dataset": "input", "model.pretrained_path": "input",
+        "train.storage_path": "output"}
+
+
+def test_paths_become_absolute_against_the_working_directory(tmp_path, monkeypatch):
+    from gleam.config import root_config_class
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(root_config_class("tune_core"), None, [
+        "run.output_dir=runs", "experiment.data.dataset=s3://bucket/synth", "experiment.train.storage_path=~/ckpt",
+        "experiment.model.pretrained_path=../weights/w.safetensors"])
+    assert config.run.output_dir == str(tmp_path / "runs")
+    assert config.experiment.run.output_dir == str(tmp_path / "runs")  # the default, resolved too
+    assert config.experiment.data.dataset == "s3://bucket/synth"  # URLs stay URLs
+    assert config.experiment.train.storage_path == os.path.expanduser("~/ckpt")
+    assert config.experiment.model.pretrained_path == str(tmp_path.parent / "weights" / "w.safetensors")
+    explain = load_config(root_config_class("evaluate_explain"), None, ["data=/abs/data"])
+    assert explain.adapter == "" and explain.data == "/abs/data"  # empty stays "not set"
+    assert explain.model == str(tmp_path / "runs" / "gleam-x-local" / "final")
+    assert load_config(root_config_class("make_shards"), None, [], resolve=False).output == "data/synth"
+
+
+def test_relative_paths_in_rays_temporary_working_dir_name_the_path_and_the_fix(tmp_path, monkeypatch):
+    from gleam.config import resolve_path, root_config_class
+
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    (copy / "configs").mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(ConfigError) as error:
+        load_config(root_config_class("train_core"), None, ["data.dataset=/shared/synth"])
+    message = str(error.value)
+    assert "run.output_dir='runs'" in message and "temporary copy" in message and str(copy) in message
+    assert "run.output_dir=$PWD/runs" in message and "s3://" in message
+    with pytest.raises(ConfigError, match=r"data.dataset='data/synth'.*git-ignored"):
+        load_config(root_config_class("train_core"), None, ["run.output_dir=/shared/runs"])
+    config = load_config(root_config_class("train_core"), None,
+                         ["run.output_dir=s3://bucket/runs", "data.dataset=/shared/synth"])
+    assert (config.run.output_dir, config.data.dataset) == ("s3://bucket/runs", "/shared/synth")
+    assert resolve_path("configs", "x", "input") == str(copy / "configs")  # an uploaded input is there

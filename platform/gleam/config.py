@@ -11,10 +11,11 @@ resolved config next to a run's outputs.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -27,6 +28,29 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key and its source."""
 
 
+# --------------------------------------------------------------------------- path fields
+
+
+@dataclass(frozen=True)
+class PathField:
+    """Marks a config field as a path: ``role`` "input" (read) or "output" (written)."""
+
+    role: str
+
+
+# A path-valued field: a local path (made absolute on the driver by ``resolve_paths``) or a URL.
+InputPath = Annotated[str, PathField("input")]
+OutputPath = Annotated[str, PathField("output")]
+# Unmarked ``str`` fields named like paths are paths too (so a new ``*_path``/``*_dir`` field is
+# resolved without anyone remembering to mark it); their role comes from the name.
+PATH_NAME_SUFFIXES = ("_path", "_dir")
+PATH_NAMES = ("path",)
+OUTPUT_NAMES = ("output", "output_dir", "storage_path")
+# The folder a job submitted with `ray job submit --working-dir ...` runs in: Ray's temporary
+# copy of the uploaded folder (ray/_private/runtime_env/working_dir.py).
+RAY_WORKING_DIR_MARK = os.sep + os.path.join("runtime_resources", "working_dir_files") + os.sep
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -35,7 +59,7 @@ class RunConfig:
     """Where a run writes its outputs and how it is seeded."""
 
     name: str = "gleam"
-    output_dir: str = "runs"
+    output_dir: OutputPath = "runs"
     seed: int = 0
 
 
@@ -273,6 +297,99 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+# --------------------------------------------------------------------------- paths
+
+
+def _path_role(name: str, hint: Any) -> str | None:
+    """"input"/"output" when field ``name`` with type ``hint`` (extras kept) holds a path."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for option in options:
+        if typing.get_origin(option) is Annotated:
+            for extra in option.__metadata__:
+                if isinstance(extra, PathField):
+                    return extra.role
+    if str in options and (name in PATH_NAMES or name in OUTPUT_NAMES or name.endswith(PATH_NAME_SUFFIXES)):
+        return "output" if name in OUTPUT_NAMES else "input"
+    return None
+
+
+def path_fields(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted names of every path field under dataclass ``cls`` -> "input" | "output"."""
+    found: dict[str, str] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for item in dataclasses.fields(cls):
+        dotted = f"{prefix}.{item.name}" if prefix else item.name
+        hint = hints[item.name]
+        plain = typing.get_type_hints(cls)[item.name]
+        if dataclasses.is_dataclass(plain):
+            found.update(path_fields(plain, dotted))
+        elif typing.get_origin(plain) is list and typing.get_args(plain) and dataclasses.is_dataclass(
+                typing.get_args(plain)[0]):
+            found.update(path_fields(typing.get_args(plain)[0], f"{dotted}[]"))
+        else:
+            role = _path_role(item.name, hint)
+            if role:
+                found[dotted] = role
+    return found
+
+
+def ray_working_dir(cwd: str | None = None) -> str | None:
+    """The Ray job's temporary working directory when ``cwd`` (default: this process's) is one."""
+    cwd = cwd or os.getcwd()
+    if RAY_WORKING_DIR_MARK not in cwd + os.sep:
+        return None
+    head, tail = (cwd + os.sep).split(RAY_WORKING_DIR_MARK, 1)
+    return os.path.join(head + RAY_WORKING_DIR_MARK, tail.split(os.sep, 1)[0])
+
+
+def resolve_path(value: str, key: str, role: str, base: str | None = None) -> str:
+    """One path field's value made absolute against ``base`` (default: the working directory).
+
+    URLs (``s3://...``) and empty values stay as they are; ``~`` is expanded. In the temporary
+    copy of the working directory that ``ray job submit --working-dir`` runs a job in, a relative
+    output (lost with the copy) or a relative input missing from the copy (git-ignored files are
+    not uploaded) raises ``ConfigError`` naming the key and the fix.
+    """
+    if not value or ("://" in value and not value.startswith("file://")):
+        return value
+    path = os.path.expanduser(value.removeprefix("file://"))
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    base = base or os.getcwd()
+    resolved = os.path.normpath(os.path.join(base, path))
+    copy = ray_working_dir(base)
+    if copy and (role == "output" or not os.path.exists(resolved)):
+        what = ("outputs written there are deleted with it" if role == "output"
+                else "it does not hold this path (git-ignored files such as data/ and runs/ are not uploaded)")
+        raise ConfigError(
+            f"{key}={value!r} is a relative path, and this job runs in Ray's temporary copy of the working "
+            f"directory ({copy}): {what}. Give a path every Ray node can reach: an absolute path on shared "
+            f"storage (e.g. {key}=$PWD/{path} when the cluster runs on this machine) or an s3:// URL.")
+    return resolved
+
+
+def resolve_paths(config: T, base: str | None = None, _prefix: str = "") -> T:
+    """Make every path field of ``config`` (see ``path_fields``) absolute, in place; returns it.
+
+    Ray workers, tasks and actors do not share the driver's working directory (a relative path
+    opened there lands in Ray's temporary folders), so jobs resolve paths once, on the driver,
+    before any Ray work starts (``load_config`` does it). Errors: ``ConfigError`` (see
+    ``resolve_path``).
+    """
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        dotted = f"{_prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            resolve_paths(value, base, f"{dotted}.")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for position, element in enumerate(value):
+                resolve_paths(element, base, f"{dotted}[{position}].")
+        elif isinstance(value, str) and (role := _path_role(item.name, hints[item.name])):
+            setattr(config, item.name, resolve_path(value, dotted, role, base))
+    return config
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -295,8 +412,11 @@ def read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls``, updated by the YAML file at ``path``, then by dotted overrides."""
+def load_config(cls: type[T], path: str | None = None, overrides: list[str] | None = None,
+                resolve: bool = True) -> T:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by dotted overrides; path
+    fields made absolute against the working directory (``resolve_paths``) unless ``resolve``
+    is false."""
     data = read_yaml(path) if path else {}
     source = path or "<defaults>"
     from_dict(cls, data, source)  # report file errors against the file, before overrides
@@ -304,7 +424,8 @@ def load_config(cls: type[T], path: str | None = None, overrides: list[str] | No
     if overrides:
         data = apply_overrides(cls, data, overrides)
         source = f"{source} + {CLI_SOURCE}" if path else CLI_SOURCE
-    return from_dict(cls, data, source)
+    config = from_dict(cls, data, source)
+    return resolve_paths(config) if resolve else config
 
 
 def dump_yaml(config: Any) -> str:

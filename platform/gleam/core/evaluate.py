@@ -46,6 +46,8 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from gleam.config import InputPath, OutputPath
+
 __all__ = ["FORWARD", "REVERSE", "QueryRanking", "evaluate_retrieval", "haversine_m", "rank_queries",
            "retrieval_metrics", "summarise", "top1_percent_k", "top_k"]
 
@@ -571,12 +573,12 @@ class EvaluateCoreConfig:
     """Root config of ``jobs/evaluate_core.py``: a GLEAM-C checkpoint against one split."""
 
     kind: str = "evaluate_core"
-    checkpoint: str = "runs/gleam-c-local/final"  # folder with model.safetensors + config.json
-    dataset: str = "data/synth"
+    checkpoint: InputPath = "runs/gleam-c-local/final"  # folder with model.safetensors + config.json
+    dataset: InputPath = "data/synth"
     split: str = "test"
     distractors: bool = True  # the split's satellite-only tiles join the gallery
     batch_size: int = 64
-    output: str | None = None  # metrics JSON; default: <checkpoint>/eval-<split>.json
+    output: OutputPath | None = None  # metrics JSON; default: <checkpoint>/eval-<split>.json
 
 
 def evaluate_checkpoint(config: EvaluateCoreConfig) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, save_config
 from gleam.core.model import GleamEncoder, ModelConfig
 from gleam.core.phases import PhaseConfig, cosine_with_warmup, default_phases
 from gleam.data.transforms import AugmentConfig
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataSection:
-    dataset: str = "data/synth"  # folder or s3:// URL with manifest.json
+    dataset: InputPath = "data/synth"  # folder or s3:// URL with manifest.json
     train_split: str = "train"
     val_split: str = "val"
     val_distractors: bool = True  # add the split's distractor tiles to the validation gallery
@@ -58,7 +58,7 @@ class TrainSection:
     eval_batch: int = 64
     checkpoints_to_keep: int = 2
     max_failures: int = 2  # worker-group restarts Ray Train may do (FailureConfig)
-    storage_path: str | None = None  # where Ray Train keeps checkpoints; default: the run folder
+    storage_path: OutputPath | None = None  # where Ray Train keeps checkpoints; default: the run folder
     # Feature cache (gradient caching, gleam.core.feature_cache): embed the local batch without
     # gradients, then re-embed this many pairs at a time with gradients. Same gradients as one big
     # batch, activation memory of one chunk. None: one forward over the local batch.

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig, ShardConfig, SynthConfig, save_config, to_dict
+from gleam.config import OutputPath, RayConfig, RunConfig, ShardConfig, SynthConfig, save_config, to_dict
 from gleam.data import shards
 from gleam.data.schema import SATELLITE_ONLY, Sample, encode_jpeg
 
@@ -33,7 +33,7 @@ class MakeShardsConfig:
     """Root config of ``jobs/make_shards.py``."""
 
     kind: str = "make_shards"
-    output: str = "data/synth"  # local folder or s3://bucket/prefix
+    output: OutputPath = "data/synth"  # local folder or s3://bucket/prefix
     resume: bool = True
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)

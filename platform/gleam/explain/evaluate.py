@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +148,17 @@ class EvaluateExplainConfig:
     """Root config of ``jobs/evaluate_explain.py``."""
 
     kind: str = "evaluate_explain"
-    model: str = "runs/gleam-x-local/final"  # merged model folder, or the base model with ``adapter``
-    adapter: str = ""  # peft adapter folder (e.g. runs/gleam-x-local/adapter)
-    data: str = "runs/gleam-x-local/data"  # conversation folder/JSON (the training run exports one)
+    model: InputPath = "runs/gleam-x-local/final"  # merged model folder, or the base model with ``adapter``
+    adapter: InputPath = ""  # peft adapter folder (e.g. runs/gleam-x-local/adapter)
+    data: InputPath = "runs/gleam-x-local/data"  # conversation folder/JSON (the training run exports one)
     split: str = "val"
     max_examples: int = 0  # 0 = all
     image_size: int = 0  # 0 = the size recorded with the model
     max_new_tokens: int = 128
     batch_size: int = 16
-    sentence_model: str = ""  # local sentence-embedding model folder ("" = skip that metric)
+    sentence_model: InputPath = ""  # local sentence-embedding model folder ("" = skip that metric)
     verdict_only: bool = True  # also ask each pair for the verdict alone (label-only prompt)
-    output: str = ""  # report JSON; "" = <model>/eval-<split>.json
+    output: OutputPath = ""  # report JSON; "" = <model>/eval-<split>.json
     device: str = "cpu"
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, save_config
 from gleam.explain.model import LoraSettings, VLMConfig
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,14 @@ EXPLAIN_META = "gleam_explain.json"
 class ExplainDataSection:
     """Where examples come from and how pairs are made."""
 
-    source: str = "data/synth"  # shard folder (manifest.json) or conversation .json/.jsonl (or a folder of them)
+    source: InputPath = "data/synth"  # shard folder (manifest.json) or conversation .json/.jsonl (or a folder of them)
     train_split: str = "train"
     val_split: str = "val"
     modalities: list[str] = field(default_factory=lambda: ["uav", "streetmap", "panorama", "ground"])
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     negatives_per_positive: int = 1
     hard_fraction: float = 0.5  # share of negatives taken from GLEAM-C's most similar wrong tiles
-    retrieval_checkpoint: str = ""  # GLEAM-C checkpoint for hard negatives ("" = random negatives only)
+    retrieval_checkpoint: InputPath = ""  # GLEAM-C checkpoint for hard negatives ("" = random negatives only)
     max_train_examples: int = 0  # 0 = all
     max_val_examples: int = 96
     # label-only supervision: this share of the training pairs also appears with a verdict-only
@@ -87,7 +87,7 @@ class ExplainTrainSection:
     eval_batch: int = 16
     max_failures: int = 1
     checkpoints_to_keep: int = 2
-    storage_path: str = ""  # Ray Train storage; "" = run.output_dir
+    storage_path: OutputPath = ""  # Ray Train storage; "" = run.output_dir
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from gleam import storage
-from gleam.config import RayConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, save_config
 from gleam.retrieval.embed import EmbedConfig, Embedder, actor_threads, warn_if_starved
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,10 @@ class LocalizeBatchConfig:
     """Root config of ``jobs/localize_batch.py``."""
 
     kind: str = "localize_batch"
-    input: str = "data/queries"  # folder or s3:// prefix, searched recursively
-    index: str = "runs/index-local"  # a gallery index written by jobs/build_index.py
-    checkpoint: str | None = None  # None: the checkpoint the index was built with
-    output: str = "runs/localize-local"
+    input: InputPath = "data/queries"  # folder or s3:// prefix, searched recursively
+    index: InputPath = "runs/index-local"  # a gallery index written by jobs/build_index.py
+    checkpoint: InputPath | None = None  # None: the checkpoint the index was built with
+    output: OutputPath = "runs/localize-local"
     modality: str = "auto"  # a modality for every image, or auto: from the enclosing folder's name
     fallback_modality: str | None = None  # auto, no folder names a modality: this one (None: error row)
     top_k: int = 5

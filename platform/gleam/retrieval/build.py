@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, save_config
 from gleam.retrieval.embed import EmbedConfig, embed_gallery
 from gleam.retrieval.index import GalleryIndex, IndexConfig
 
@@ -26,10 +26,10 @@ class BuildIndexConfig:
     """Root config of ``jobs/build_index.py``."""
 
     kind: str = "build_index"
-    checkpoint: str = "runs/gleam-c-local/final"  # GLEAM-C folder (model.safetensors + config.json)
-    source: str = "data/synth"  # shard dataset folder or s3:// URL with manifest.json
+    checkpoint: InputPath = "runs/gleam-c-local/final"  # GLEAM-C folder (model.safetensors + config.json)
+    source: InputPath = "data/synth"  # shard dataset folder or s3:// URL with manifest.json
     split: str | None = "test"  # None: every split's tiles
-    output: str = "runs/index-local"  # index folder (local or s3://)
+    output: OutputPath = "runs/index-local"  # index folder (local or s3://)
     tiles: bool = True  # also store the tile images (tiles.parquet) for serving
     index: IndexConfig = field(default_factory=IndexConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gleam.config import InputPath
+
 from gleam.explain.prompts import LANGUAGES
 
 
@@ -46,9 +48,9 @@ class ServeAppConfig:
     """Root config of ``serve_apps.gleam:app``."""
 
     kind: str = "serve"
-    index: str = "runs/index-local"  # folder written by jobs/build_index.py (local or s3://)
-    checkpoint: str = ""  # GLEAM-C checkpoint; "" = the one recorded in the index
-    explainer: str = "runs/gleam-x-local/final"  # GLEAM-X model folder; "" = no explanations
+    index: InputPath = "runs/index-local"  # folder written by jobs/build_index.py (local or s3://)
+    checkpoint: InputPath = ""  # GLEAM-C checkpoint; "" = the one recorded in the index
+    explainer: InputPath = "runs/gleam-x-local/final"  # GLEAM-X model folder; "" = no explanations
     device: str = "cpu"  # "cuda" on GPU nodes
     top_k: int = 5
     max_top_k: int = 100

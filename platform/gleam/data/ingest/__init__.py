@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gleam import storage
-from gleam.config import RayConfig, RunConfig, ShardConfig, save_config, to_dict
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, ShardConfig, save_config, to_dict
 from gleam.data.ingest.common import REPORT_NAME, IngestPlan, LayoutError, PairRecord, Skip, run_plan
 from gleam.data.ingest.cvact import CvactOptions, plan_cvact
 from gleam.data.ingest.cvusa import CvusaOptions, plan_cvusa
@@ -49,8 +49,8 @@ class IngestConfig:
 
     kind: str = "ingest"
     dataset: str = ""  # one of CONVERTERS
-    root: str = ""  # the dataset's folder (local or s3://); for 'manifest' also the manifest file
-    output: str = ""  # local folder or s3://bucket/prefix
+    root: InputPath = ""  # the dataset's folder (local or s3://); for 'manifest' also the manifest file
+    output: OutputPath = ""  # local folder or s3://bucket/prefix
     resume: bool = True
     records_per_part: int = 512  # samples per Ray task / part
     max_side: int | None = None  # re-encode images larger than this (longest side, pixels) as JPEG
