@@ -123,8 +123,8 @@ def test_repository_configs_load():
 # Every str field of a job config is either a path (marked InputPath/OutputPath, or named
 # *_path/*_dir/path) or one of these plain values. A new str field fails this test until it is
 # classified, so a new path cannot slip past resolve_paths unresolved.
-NOT_PATHS = {"address", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
-             "locations", "loss_reduction", "mat_file", "metric", "modality", "mode", "name", "prefix", "source",
+NOT_PATHS = {"address", "log_level", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
+             "locations", "loss_reduction", "mlflow_uri", "mlflow_experiment", "mat_file", "metric", "modality", "mode", "name", "prefix", "source",
              "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt"}
 
 

@@ -71,6 +71,16 @@ class RayConfig:
     num_workers: int = 2
     cpus_per_worker: float = 0.5  # fractional on small machines: see RAY_NOTES (Data/Train deadlock)
     gpus_per_worker: float = 0.0
+    log_level: str = "WARNING"  # Ray Train's console logs; INFO echoes every rank's reports
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking of a training run (``tracking:``; written by gleam.progress)."""
+
+    tensorboard: bool = True  # event files under <run folder>/tensorboard/
+    mlflow_uri: str = ""  # "" = no MLflow; else a tracking URI (http://host:5000, file:/abs/mlruns)
+    mlflow_experiment: str = "gleam"
 
 
 @dataclass

@@ -51,13 +51,41 @@ def init_ray(config: RayConfig, **kwargs: Any) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # A local Ray of our own: say the auth mode (else it turns token auth on and warns), keep
+        # the dashboard (Ray Train's placement-group cleaner asks the State API, which it serves,
+        # and warns every few seconds without it), and no spot-preemption watcher on one machine.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        kwargs.setdefault("include_dashboard", True)
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+        ray.init(address="local", **kwargs)
+    quiet_ray_data()
+
+
+def quiet_train_worker(level: str = "WARNING") -> None:
+    """Call first in a Ray Train worker loop: the per-rank "Reporting training result ..." echo
+    (every metric of every report) comes from a logger Ray names by its file path, outside
+    ``ray.train``, so ``LoggingConfig(log_level)`` does not reach it; set its level here."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: keep its echo
+        return
+    logging.getLogger(context.__file__).setLevel(level)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-dataset execution plans and logged progress dumps (non-interactive output)
+    down to warnings; the jobs log their own one-line read reports."""
+    import ray.data  # noqa: F401  (configures the ray.data logger first)
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[[T, Any], dict],
             argv: Sequence[str] | None, doc: str, default_config: str | None = None,
             errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> int:
-    """The body of every config-driven job: parse, connect to Ray, run, print a JSON summary.
+    """The body of every config-driven job: parse (paths made absolute), connect to Ray, run,
+    print the short ending ``summarize`` returns (text, or a mapping printed one key a line).
 
     Expected failures (bad data, missing files) end with a one-line message and exit 1.
     """
@@ -72,7 +100,14 @@ def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[
     except errors as error:
         print(f"{config_class.__name__.removesuffix('Config')} failed: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(summarize(config, result), indent=2, ensure_ascii=False))
+    summary = summarize(config, result)
+    if isinstance(summary, str):
+        print(summary)
+    else:
+        width = max((len(str(k)) for k in summary), default=0)
+        for key, value in summary.items():
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            print(f"{str(key) + ':':<{width + 1}} {text}")
     return 0
 
 
@@ -86,7 +121,7 @@ def torch_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str,
     take fractional CPUs (RAY_NOTES: whole CPUs starve Ray Data on small machines) and GPUs
     when ``ray_config.gpus_per_worker > 0``; FailureConfig restarts a failed worker group.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from gleam import storage
@@ -113,5 +148,8 @@ def torch_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str,
             callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            # WARNING: no per-rank "Reporting training result ..." echo of every metric; the driver
+            # prints one line per epoch (gleam.progress). ray.log_level=INFO brings it back.
+            logging_config=LoggingConfig(log_level=ray_config.log_level),
         ),
     )

@@ -2,7 +2,7 @@
 
 Each rank holds a local batch of B query and B satellite embeddings (L2-normalised).  With
 ``gather=True`` under torch.distributed, the embeddings of every rank are all-gathered *with
-gradients* (``torch.distributed.nn.functional.all_gather``) and each rank scores its local
+gradients* (``torch.distributed._functional_collectives.all_gather_single_autograd``) and each rank scores its local
 queries against the global satellites and its local satellites against the global queries
 (open_clip's "local vs global" layout: memory linear in the global batch).  The positive of
 local row i is global column ``rank * B + i``.  The rank's loss is the mean over its rows, so
@@ -29,9 +29,11 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """Concatenate ``features`` of every rank (rank order); gradients flow back to each rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single_autograd, wait_tensor
 
-    return torch.cat(all_gather(features), dim=0)
+    # The functional collective (torch.distributed.nn.functional.all_gather is deprecated): its
+    # backward reduce-scatters (sums) the gradient of every rank's copy back to the owning rank.
+    return wait_tensor(all_gather_single_autograd(features.contiguous(), 0, dist.group.WORLD))
 
 
 def symmetric_infonce(query: torch.Tensor, satellite: torch.Tensor, logit_scale: torch.Tensor,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gleam import storage
-from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, TrackingConfig, save_config
 from gleam.core.model import GleamEncoder, ModelConfig
 from gleam.core.phases import PhaseConfig, cosine_with_warmup, default_phases
 from gleam.data.transforms import AugmentConfig
@@ -78,6 +78,7 @@ class TrainCoreConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def run_dir(self) -> str:
         return storage.join(self.run.output_dir, self.run.name)
@@ -292,6 +293,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     config: TrainCoreConfig = loop_config["config"]
     train_set, val_set = loop_config["train_set"], loop_config["val_set"]
+    from gleam.runtime import quiet_train_worker
+
+    quiet_train_worker(config.ray.log_level)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     _register_worker(config, rank)
@@ -301,8 +305,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     data_config = encoder.data_config()
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
     # Ranks may run different numbers of forward passes per step (one per image size in a mixed
-    # batch), so DDP must not broadcast BatchNorm buffers inside forward (a collective per call).
-    model = ray.train.torch.prepare_model(encoder, parallel_strategy_kwargs={"broadcast_buffers": False})
+    # batch), so DDP must not sync BatchNorm buffers inside forward (a collective per call); it
+    # still syncs them once at start. channels_last: the images arrive NHWC (to_tensor permutes)
+    # and ConvNeXt blocks permute back, so conv weight gradients come out channels_last; weights in
+    # the same layout keep them matching DDP's gradient buckets (no copy, no stride warning).
+    encoder = encoder.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(encoder, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] = {"phase": 0, "epoch": -1, "global_step": 0, "history": []}
@@ -426,8 +434,12 @@ def train_core(config: TrainCoreConfig) -> dict[str, Any]:
     train_set, val_set = load_splits(config)
     log.info("training set: %d samples, validation: %d (read report: %s)", len(train_set), len(val_set),
              train_set.read_report["corrupt_by_field"] or "clean")
-    result = make_trainer(config, train_set, val_set).fit()
+    from gleam.progress import RunMonitor, flat_params
+
+    with RunMonitor(run_dir, config.tracking, epoch_line(config), flat_params(config), config.run.name) as monitor:
+        result = make_trainer(config, train_set, val_set, callbacks=[monitor.callback]).fit()
     if result.checkpoint is None:
+        monitor.close_mlflow()
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as folder:
         GleamEncoder.from_pretrained(folder).save_pretrained(storage.join(run_dir, "final"))
@@ -443,7 +455,27 @@ def train_core(config: TrainCoreConfig) -> dict[str, Any]:
         "checkpoint": result.checkpoint.path,
     }
     storage.write_json(storage.join(run_dir, "summary.json"), summary)
+    monitor.close_mlflow(None if storage.is_remote(run_dir) else run_dir)
     return summary
+
+
+def epoch_line(config: TrainCoreConfig):
+    """The driver's one line per reported epoch (gleam.progress.RunMonitor's printer)."""
+    total = sum(p.epochs for p in config.phases)
+
+    def line(index: int, metrics: dict[str, Any]) -> str:
+        phase_index, epoch = int(metrics["phase"]), int(metrics["epoch"])
+        phase = config.phases[phase_index]
+        done = sum(p.epochs for p in config.phases[:phase_index]) + epoch + 1
+        parts = [f"epoch {done}/{total}", f"phase {phase_index + 1}/{len(config.phases)} {phase.name}",
+                 f"step {int(metrics['global_step'])}", f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}",
+                 f"{metrics['train_samples_per_second']:.1f} samples/s"]
+        recall = metrics.get("val/query->satellite/all/R@1")
+        if recall is not None:
+            parts.append(f"val R@1 {recall:.1f} %")
+        return " | ".join(parts)
+
+    return line
 
 
 def plot_history(history: list[dict[str, Any]], folder: str) -> list[str]:

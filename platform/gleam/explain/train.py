@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from gleam import storage
-from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, save_config
+from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, TrackingConfig, save_config
 from gleam.explain.model import LoraSettings, VLMConfig
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class TrainExplainConfig:
     optim: ExplainOptimSection = field(default_factory=ExplainOptimSection)
     train: ExplainTrainSection = field(default_factory=ExplainTrainSection)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def run_dir(self) -> str:
         return storage.join(self.run.output_dir, self.run.name)
@@ -276,6 +277,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from gleam.explain.model import collate, load_vlm, unwrap
 
     config: TrainExplainConfig = loop_config["config"]
+    from gleam.runtime import quiet_train_worker
+
+    quiet_train_worker(config.ray.log_level)
     train_examples = ray.get(loop_config["train_ref"])
     warm_examples = ray.get(loop_config["warm_ref"]) if loop_config.get("warm_ref") is not None else []
     val_examples = ray.get(loop_config["val_ref"])
@@ -534,14 +538,20 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     base = _base_model(config, train + warm)
     save_config(config, run_dir)
     log.info("GLEAM-X: %d train / %d val examples, base model %s", len(train), len(val), base)
+    from gleam.progress import RunMonitor, flat_params, generic_epoch_line
+
+    monitor = RunMonitor(run_dir, config.tracking, generic_epoch_line(config.train.epochs), flat_params(config),
+                         config.run.name)
     trainer = torch_trainer(
         train_loop, {"config": config, "train_ref": ray.put(train), "val_ref": ray.put(val),
                      "warm_ref": ray.put(warm) if warm else None, "base_model": base},
         name=config.run.name, storage_path=config.train.storage_path or config.run.output_dir,
         ray_config=config.ray, max_failures=config.train.max_failures,
-        checkpoints_to_keep=config.train.checkpoints_to_keep)
-    result = trainer.fit()
+        checkpoints_to_keep=config.train.checkpoints_to_keep, callbacks=[monitor.callback])
+    with monitor:
+        result = trainer.fit()
     if result.checkpoint is None:
+        monitor.close_mlflow()
         raise RuntimeError(f"GLEAM-X training produced no checkpoint (error: {result.error})")
     model, processor = load_vlm(base, config.lora, dtype="float32", device="cpu")
     with result.checkpoint.as_directory() as folder:
@@ -573,6 +583,7 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
                  for name, report in evaluation.items()},
     }
     storage.write_json(storage.join(run_dir, "summary.json"), summary)
+    monitor.close_mlflow(None if storage.is_remote(run_dir) else run_dir)
     return summary
 
 
