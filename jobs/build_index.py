@@ -13,8 +13,14 @@ from gleam.retrieval.build import BuildIndexConfig, build_index
 from gleam.runtime import run_job
 
 
-def summarize(config: BuildIndexConfig, report: dict) -> dict:
-    return {k: report[k] for k in ("output", "count", "dim", "kind", "seconds", "embeddings_per_second")}
+def summarize(config: BuildIndexConfig, report: dict) -> str:
+    from gleam.progress import elapsed, ending
+
+    return ending(f"Indexed {report['count']} tiles of split {config.split or 'all'} ({report['kind']}, "
+                  f"{report['dim']}-d) in {elapsed(report['seconds'])}, "
+                  f"{report['embeddings_per_second']:.1f} tiles/s", "", f"{report['output']}  (index, ids, report.json)",
+                  ["./run.sh serve",
+                   f"python jobs/localize_batch.py input=<folder of photos> index={report['output']} output=runs/localized"])
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ from gleam.core.evaluate import EvaluateCoreConfig, evaluate_checkpoint
 from gleam.runtime import run_job
 
 
-def summarize(config: EvaluateCoreConfig, report: dict) -> dict:
-    forward = report["metrics"]["query->satellite"]
-    return {"output": report["output"], "queries": report["queries"], "gallery": report["gallery"],
-            "query->satellite R@1": {modality: values["R@1"] for modality, values in forward.items()}}
+def summarize(config: EvaluateCoreConfig, report: dict) -> str:
+    from gleam.core.train import flatten_metrics
+    from gleam.progress import ending, recall_table
+
+    body = recall_table(flatten_metrics(report["metrics"]), "query->satellite")
+    return ending(f"Evaluated {config.checkpoint} on split '{config.split}': {report['queries']} queries, "
+                  f"gallery {report['gallery']} tiles (query -> satellite)", body,
+                  f"{report['output']}  (every metric, both directions)", [])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,14 @@ from gleam.data.make_shards import MakeShardsConfig, make_shards
 from gleam.runtime import run_job
 
 
-def summarize(config: MakeShardsConfig, manifest: dict) -> dict:
-    return {"output": config.output, **{k: manifest[k] for k in ("num_shards", "num_samples", "modalities", "splits")}}
+def summarize(config: MakeShardsConfig, manifest: dict) -> str:
+    from gleam.progress import ending
+
+    splits = ", ".join(f"{name} {count}" for name, count in manifest["splits"].items())
+    views = ", ".join(f"{name} {count}" for name, count in manifest["modalities"].items())
+    return ending(f"Wrote {manifest['num_samples']} samples in {manifest['num_shards']} shards "
+                  f"(splits: {splits}; query views: {views})", "", f"{config.output}  (manifest.json, shards)",
+                  [f"python jobs/train_core.py --config configs/local-cpu.yaml data.dataset={config.output}"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python jobs/train_explain.py --config configs/explain-local.yaml
     ray job submit --working-dir . -- python jobs/train_explain.py --config configs/explain-local.yaml \
-        data.retrieval_checkpoint=runs/gleam-c-local/final train.epochs=5
+        data.source=$PWD/data/synth run.output_dir=$PWD/runs data.retrieval_checkpoint=$PWD/runs/gleam-c-local/final
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from gleam.explain.train import TrainExplainConfig, train_explain
 from gleam.runtime import run_job
 
 
-def summarize(config: TrainExplainConfig, summary: dict) -> dict:
-    return {k: summary[k] for k in ("run_dir", "seconds", "epochs", "final", "merged_model", "eval") if k in summary}
+def summarize(config: TrainExplainConfig, summary: dict) -> str:
+    from gleam.progress import elapsed, ending, verdict_table
+
+    final = summary.get("final", {})
+    return ending(f"GLEAM-X trained in {elapsed(summary['seconds'])}: {summary['epochs']} epochs, final loss "
+                  f"{final.get('loss', float('nan')):.4f}", verdict_table(summary.get("eval", {})),
+                  f"{summary['run_dir']}  (summary.json, eval.json, metrics.jsonl, adapter/, final/, tensorboard/)",
+                  ["./run.sh serve"])
 
 
 if __name__ == "__main__":

@@ -297,3 +297,24 @@ def generic_epoch_line(total_epochs: int, extra: tuple[str, ...] = ("val_loss",)
         return " | ".join(parts)
 
     return line
+
+
+def verdict_table(evaluations: dict[str, dict[str, Any]]) -> str:
+    """GLEAM-X verdicts per evaluated split (and prompt): accuracy and F1 beside the majority
+    baseline, parse and well-formed rates, in %."""
+    rows = []
+    for split, report in evaluations.items():
+        for prompt, scores in (("explanation", report), ("verdict only", report.get("verdict_only"))):
+            if not scores or "match" not in scores:
+                continue
+            match = scores["match"]
+            baseline = scores.get("majority_baseline")
+            well_formed = scores.get("well_formed_rate")
+            rows.append([split, prompt, scores.get("examples", match.get("support")), 100 * match["accuracy"],
+                         100 * match["f1"], None if baseline is None else 100 * baseline,
+                         100 * scores.get("parse_rate", match.get("parse_rate", 0.0)),
+                         None if well_formed is None else 100 * well_formed])
+    if not rows:
+        return ""
+    return table(["split", "prompt", "examples", "accuracy %", "F1 %", "majority %", "parsed %", "well formed %"],
+                 rows)

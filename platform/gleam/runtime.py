@@ -85,7 +85,7 @@ def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[
             argv: Sequence[str] | None, doc: str, default_config: str | None = None,
             errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> int:
     """The body of every config-driven job: parse (paths made absolute), connect to Ray, run,
-    print the short ending ``summarize`` returns (text, or a mapping printed one key a line).
+    print the short ending ``summarize`` returns (text as it is, a mapping as JSON).
 
     Expected failures (bad data, missing files) end with a one-line message and exit 1.
     """
@@ -101,13 +101,7 @@ def run_job(config_class: type[T], run: Callable[[T], Any], summarize: Callable[
         print(f"{config_class.__name__.removesuffix('Config')} failed: {error}", file=sys.stderr)
         return 1
     summary = summarize(config, result)
-    if isinstance(summary, str):
-        print(summary)
-    else:
-        width = max((len(str(k)) for k in summary), default=0)
-        for key, value in summary.items():
-            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            print(f"{str(key) + ':':<{width + 1}} {text}")
+    print(summary if isinstance(summary, str) else json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
 
