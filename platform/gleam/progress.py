@@ -76,39 +76,50 @@ class TensorBoardSink:
 
 
 class MlflowSink:
-    """One MLflow run per training run: params from the config, metrics per report, artifacts
-    (summary, plots) at the end via ``log_artifacts``."""
+    """One MLflow run per training run: params from the config, metrics per report, the run's
+    small files at the end. Uses ``MlflowClient`` with the run id (the fluent API's active run is
+    per thread, and reports arrive on the monitor's thread)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any]):
         try:
-            import mlflow
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
         except ImportError:
             raise ValueError(f"tracking.mlflow_uri={uri!r} asks for MLflow, which is not installed: "
-                             "`pip install -c constraints.txt mlflow`, or leave tracking.mlflow_uri empty") from None
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name)
-        flat = {k: str(v)[:500] for k, v in params.items()}
+                             "`pip install -c constraints.txt mlflow-skinny`, or leave tracking.mlflow_uri "
+                             "empty") from None
+        if uri.startswith("file:") or "://" not in uri:
+            # MLflow 3 keeps the folder store but refuses it unless asked (its default is a
+            # database); a plain folder is what a laptop run without a server wants.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        flat = [Param(k, str(v)[:500]) for k, v in params.items()]
         for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per call
-            mlflow.log_params(dict(list(flat.items())[start:start + 100]))
+            self.client.log_batch(self.run_id, params=flat[start:start + 100])
 
     def __call__(self, index: int, metrics: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
         step = int(metrics.get("global_step", index))
-        values = {tag(k): v for k, v in numeric(metrics).items()}
-        self.mlflow.log_metrics(values, step=step)
+        now = int(time.time() * 1000)
+        values = [Metric(tag(k), v, now, step) for k, v in numeric(metrics).items()]
+        for start in range(0, len(values), 1000):
+            self.client.log_batch(self.run_id, metrics=values[start:start + 1000])
 
     def log_run_files(self, run_dir: str) -> None:
         """The run's small files (config, summary, metrics, plots; not checkpoints)."""
         for name in RUN_FILES:
             path = os.path.join(run_dir, name)
             if os.path.isfile(path):
-                self.mlflow.log_artifact(path)
+                self.client.log_artifact(self.run_id, path)
             elif os.path.isdir(path):
-                self.mlflow.log_artifacts(path, artifact_path=name)
+                self.client.log_artifacts(self.run_id, path, artifact_path=name)
 
-    def close(self) -> None:
-        self.mlflow.end_run()
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -161,7 +172,7 @@ class RunMonitor:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if exc[0] is not None:
-            self.close_mlflow()
+            self.close_mlflow(ok=False)
         self._thread.join(timeout=30)
         self._drain()
         for sink in self.sinks:
@@ -172,12 +183,12 @@ class RunMonitor:
         except Exception:
             pass
 
-    def close_mlflow(self, artifacts: str | None = None) -> None:
+    def close_mlflow(self, artifacts: str | None = None, ok: bool = True) -> None:
         """End the MLflow run (after the summary and plots exist, so they go up with it)."""
         if self.mlflow is not None:
             if artifacts and os.path.isdir(artifacts):
                 self.mlflow.log_run_files(artifacts)
-            self.mlflow.close()
+            self.mlflow.close("FINISHED" if ok else "FAILED")
             self.mlflow = None
 
     def _loop(self) -> None:

@@ -439,7 +439,7 @@ def train_core(config: TrainCoreConfig) -> dict[str, Any]:
     with RunMonitor(run_dir, config.tracking, epoch_line(config), flat_params(config), config.run.name) as monitor:
         result = make_trainer(config, train_set, val_set, callbacks=[monitor.callback]).fit()
     if result.checkpoint is None:
-        monitor.close_mlflow()
+        monitor.close_mlflow(ok=False)
         raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as folder:
         GleamEncoder.from_pretrained(folder).save_pretrained(storage.join(run_dir, "final"))

@@ -551,7 +551,7 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     with monitor:
         result = trainer.fit()
     if result.checkpoint is None:
-        monitor.close_mlflow()
+        monitor.close_mlflow(ok=False)
         raise RuntimeError(f"GLEAM-X training produced no checkpoint (error: {result.error})")
     model, processor = load_vlm(base, config.lora, dtype="float32", device="cpu")
     with result.checkpoint.as_directory() as folder:
