@@ -6,6 +6,10 @@ YAML file, applies the overrides, checks every key and every value's type agains
 dataclasses and returns an instance.  Unknown keys and wrong types raise ``ConfigError``
 naming the dotted key and the file (or ``<cli>`` for an override).  ``save_config`` writes the
 resolved config next to a run's outputs.
+
+Path fields (typed ``InputPath``/``OutputPath``, or named ``path``/``*_path``/``*_dir``) are made
+absolute against the working directory by ``load_config`` (``resolve_paths``), on the driver,
+before any Ray work: Ray workers, tasks and actors run in other directories.
 """
 
 from __future__ import annotations
