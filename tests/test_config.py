@@ -124,7 +124,7 @@ def test_repository_configs_load():
 # *_path/*_dir/path) or one of these plain values. A new str field fails this test until it is
 # classified, so a new path cannot slip past resolve_paths unresolved.
 NOT_PATHS = {"address", "log_level", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
-             "locations", "loss_reduction", "mlflow_uri", "mlflow_experiment", "mat_file", "metric", "modality", "mode", "name", "prefix", "source",
+             "locations", "loss_reduction", "mlflow_uri", "mlflow_experiment", "mat_file", "metric", "modality", "mode", "name", "prefix", "pretrained", "source",
              "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt"}
 
 
