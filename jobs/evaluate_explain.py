@@ -12,9 +12,12 @@ from gleam.explain.evaluate import EvaluateExplainConfig, evaluate_model
 from gleam.runtime import run_job
 
 
-def summarize(config: EvaluateExplainConfig, report: dict) -> dict:
-    return {k: report[k] for k in ("output", "examples", "match", "majority_baseline", "parse_rate",
-                                   "well_formed_rate", "text", "faithfulness") if k in report}
+def summarize(config: EvaluateExplainConfig, report: dict) -> str:
+    from gleam.progress import ending, verdict_table
+
+    return ending(f"Evaluated {config.model} on {report.get('examples')} examples of split '{config.split}'",
+                  verdict_table({config.split: report}),
+                  f"{report['output']}  (every metric: text, faithfulness, per language and view)", [])
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def test_merged_model_loads_and_is_scored_by_the_evaluate_job(trained, tmp_path)
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"outputs: {report_path}" in done.stdout and "majority %" in done.stdout  # the short ending
     report = json.loads(report_path.read_text())
     assert report["examples"] == 8 and report["match"]["support"] == 8 and report["verdict_only"]["match"]["support"] == 8
     assert {"language", "modality"} <= set(report["groups"])
