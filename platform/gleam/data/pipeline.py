@@ -361,7 +361,8 @@ def build_training_set(source: str | list[str], *, split: str | None, modalities
         from gleam.data.benchmark import protocol_for
 
         protocol = protocol_for(source, split)
-        read_split = protocol.splits()
+        splits = protocol.splits()
+        read_split = splits[0] if len(splits) == 1 else splits
     benchmark_tiles = protocol is not None and protocol.benchmark != "split"  # its gallery tiles are read always
     wanted = None if modalities is None else \
         set(modalities) | ({"satellite"} if include_distractors or benchmark_tiles else set())
