@@ -308,7 +308,7 @@ def group_max_similarities(member_embeddings: torch.Tensor, offsets: np.ndarray,
     similarities = member_embeddings[first:last].to(gallery_t.device) @ gallery_t
     group = torch.from_numpy(np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))).to(gallery_t.device)
     out = torch.full((stop - start, gallery_t.shape[1]), -torch.inf, device=gallery_t.device)
-    return out.index_reduce_(0, group, similarities, "amax")
+    return out.scatter_reduce_(0, group[:, None].expand_as(similarities), similarities, "amax")
 
 
 def rank_embeddings(query_embeddings: torch.Tensor, gallery_embeddings: torch.Tensor,
