@@ -20,6 +20,7 @@ from gleam.data.benchmark import EvaluationProtocol, default_protocol
 from gleam.data.ingest import plan_dataset
 from gleam.data.ingest.vigor import tile_location_id
 from gleam.data.pipeline import TrainingSet
+from gleam.config import load_config
 from test_ingest import REPO, config, make_cvact, make_cvusa, make_university, make_vigor, write_image
 
 
@@ -123,8 +124,10 @@ def test_protocol_json_is_checked():
 
 
 def test_vigor_hit_rate_and_counts_through_the_evaluate_job(ray_session, tmp_path, capsys):
-    """Ingest a VIGOR tree, evaluate a tiny checkpoint with jobs/evaluate_core.py: the benchmark's
-    gallery (test + gallery tiles), hit rate from the semi-positives, counts in the summary."""
+    """Ingest a VIGOR tree, evaluate a tiny checkpoint with jobs/evaluate_core.py (flip TTA, a Platt
+    calibrator): the benchmark's gallery (test + gallery tiles), hit rate from the semi-positives,
+    counts in the summary, ECE and a reliability plot.  Then an index of the same gallery with the
+    same TTA and the calibrator, served by the Retriever (confidence, fused multi-photo queries)."""
     import torch
 
     from gleam.core.evaluate import EvaluateCoreConfig, evaluate_checkpoint
@@ -144,8 +147,8 @@ def test_vigor_hit_rate_and_counts_through_the_evaluate_job(ray_session, tmp_pat
     spec.loader.exec_module(job)
     output = str(tmp_path / "eval.json")
     rc = run_job(EvaluateCoreConfig, evaluate_checkpoint, job.summarize,
-                 [f"checkpoint={checkpoint}", f"dataset={data}", "split=test", f"output={output}", "batch_size=4"],
-                 job.__doc__)
+                 [f"checkpoint={checkpoint}", f"dataset={data}", "split=test", f"output={output}", "batch_size=4",
+                  "tta.flip=true", "calibration.method=platt", "calibration.fit_split=test"], job.__doc__)
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["protocol"] == "vigor-same-area"
@@ -159,3 +162,45 @@ def test_vigor_hit_rate_and_counts_through_the_evaluate_job(ray_session, tmp_pat
     assert forward["localisation_at_k"]["5"]["median"] <= forward["localisation_at_k"]["1"]["median"]
     assert forward["localisation_at_k"]["1"]["median"] == forward["localisation_error_m"]["median"]
     assert forward["top1%_rule"] == "max(1, floor(G/100 + 0.5))"
+    calibration = report["calibration"]
+    assert calibration["queries"] == 2 and os.path.exists(calibration["plot"])
+    assert summary["ECE raw -> calibrated"] == [calibration["ece_raw"], calibration["ece_calibrated"]]
+    assert report["options"]["tta"] == {"flip": True, "scales": [1.0]}
+
+    from gleam.core.calibration import Calibrator
+    from gleam.data.schema import decode_image
+    from gleam.data.shards import iter_samples, shard_urls
+    from gleam.retrieval.build import BuildIndexConfig, build_index
+    from gleam.retrieval.embed import Embedder
+    from gleam.retrieval.index import GalleryIndex
+    from gleam.serving.app import RetrieverImpl
+
+    index = str(tmp_path / "index")
+    built = build_index(load_config(BuildIndexConfig, None, [
+        f"checkpoint={checkpoint}", f"source={data}", "split=test", f"output={index}", "tta.flip=true",
+        f"calibration={calibration['file']}", "ray.cpus_per_worker=0.5"]))
+    assert built["count"] == 8 and built["gallery_splits"] == ["test", "gallery"]
+    tiles = {s.location_id: s for s in iter_samples(shard_urls(str(data)))}
+    flip = Embedder(checkpoint, device="cpu", tta={"flip": True, "scales": [1.0]})
+    loaded = GalleryIndex.load(index)
+    some = list(loaded.ids)[:3]
+    expected = flip.embed([decode_image(tiles[i].satellite_image) for i in some], "satellite")
+    found = loaded.search(expected, 1)
+    assert [h[0]["id"] for h in (found[r] for r in range(3))] == some
+    np.testing.assert_allclose([found[r][0]["score"] for r in range(3)], 1.0, atol=1e-5)
+
+    retriever = RetrieverImpl(index, device="cpu")
+    assert retriever.embedder.tta.flip and retriever.calibrator is not None
+    pano = next(s for s in tiles.values() if s.split == "test")
+    image = decode_image(pano.query_image)
+    single = retriever.localize_many([(image, "panorama", 3)])[0]
+    top = [c["score"] for c in single["candidates"]]
+    assert single["confidence"] == pytest.approx(float(Calibrator.from_json(json.load(open(calibration["file"])))
+                                                       .predict([top[0]], [top[1]])[0]))
+    fused = retriever.localize_fused([image, image[:, ::-1].copy()], "panorama", 3, "mean")
+    vectors = flip.embed([image, image[:, ::-1].copy()], "panorama")
+    mean = vectors.sum(0, keepdims=True) / np.linalg.norm(vectors.sum(0))
+    assert [c["id"] for c in fused["candidates"]] == [h["id"] for h in loaded.search(mean, 3)[0]]
+    best = retriever.localize_fused([image, image[:, ::-1].copy()], "panorama", 3, "max")
+    scores = vectors @ np.stack([loaded.index.reconstruct(i) for i in range(loaded.count)]).T
+    assert [c["id"] for c in best["candidates"]] == [loaded.ids[i] for i in np.argsort(-scores.max(0), kind="stable")[:3]]
