@@ -397,7 +397,7 @@ def load_splits(config: TrainCoreConfig) -> tuple[Any, Any]:
                                    sizes=sizes, satellite_size=satellite)
     val_set = build_training_set(config.data.dataset, split=config.data.val_split, modalities=modalities,
                                  sizes=sizes, satellite_size=satellite,
-                                 include_distractors=config.data.val_distractors)
+                                 include_distractors=config.data.val_distractors, evaluation=True)
     return train_set, val_set
 
 
