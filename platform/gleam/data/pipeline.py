@@ -206,8 +206,10 @@ def _preprocess_batch(batch: dict[str, Any], sizes: dict[str, tuple[int, int]],
         query_shapes.append(list(query_array.shape[:2]))
     return {
         "key": batch["key"], "location_id": batch["location_id"], "modality": batch["modality"],
-        "latitude": batch["latitude"], "longitude": batch["longitude"], "split": batch["split"],
-        "semi_positive_ids": np.array([_semi_positive_ids(m) for m in batch["metadata"]], dtype=object),
+        "latitude": batch["latitude"], "longitude": batch["longitude"],
+        "split": batch["split"] if "split" in batch else np.array([""] * len(batch["key"]), dtype=object),
+        "semi_positive_ids": np.array([_semi_positive_ids(m) for m in batch["metadata"]] if "metadata" in batch
+                                      else ["[]"] * len(batch["key"]), dtype=object),
         "query_pixels": np.array(query_pixels, dtype=object),
         "query_shape": np.array(query_shapes, dtype=np.int32),
         "satellite_pixels": np.array(satellite_pixels, dtype=object),
