@@ -34,10 +34,7 @@ def summarize(config: EvaluateCoreConfig, report: dict) -> str:
         lines.append(f"ECE raw {calibration['ece_raw']:.1f} % -> {calibration['method']} "
                      f"{calibration['ece_calibrated']:.1f} % ({calibration['plot']})")
     table = recall_table(flatten_metrics(report["metrics"]), "query->satellite")
-    body = "
-".join(lines) + (f"
-
-{table}" if table else "")
+    body = "\n".join(lines) + (f"\n\n{table}" if table else "")
     return ending(f"Evaluated {config.checkpoint} on split '{config.split}': {report['queries']} queries, "
                   f"gallery {report['gallery']} tiles (query -> satellite)", body,
                   f"{report['output']}  (every metric, both directions)", [])
