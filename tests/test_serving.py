@@ -66,6 +66,10 @@ def served(tmp_path_factory):
     data = str(root / "data")
     write_manifest(data, [write_part(data, "test", lambda: samples, ShardConfig(max_samples=10))], dataset="tiny")
     explainer = quick_explainer(root, samples)
+    from gleam.core.calibration import Calibrator
+    calibration = str(root / "calibration.json")  # a fitted calibrator, as jobs/evaluate_core.py writes it
+    with open(calibration, "w") as handle:
+        json.dump(Calibrator(method="platt", weights=[4.0, 8.0, -2.0]).to_json(), handle)
 
     cluster = start_head()
     serve_process = None
@@ -74,7 +78,7 @@ def served(tmp_path_factory):
         submit = cluster.submit([sys.executable, os.path.join(ROOT, "jobs", "build_index.py"),
                                  "--config", os.path.join(ROOT, "configs", "build-index-local.yaml"),
                                  f"checkpoint={checkpoint}", f"source={data}", "split=test", f"output={index}",
-                                 "ray.cpus_per_worker=0.5"])
+                                 "ray.cpus_per_worker=0.5", f"calibration={calibration}"])
         assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), \
             submit.stdout[-4000:] + submit.stderr[-2000:]
         port = free_port()
@@ -329,6 +333,7 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
             assert cards.count() == 4
             assert cards.nth(0).get_attribute("data-id") == sample.location_id
             assert page.locator("circle.hit").count() == 4
+            assert "P(top-1 correct)" in page.text_content("#status")
             assert page.locator("circle.hit").first.get_attribute("data-id") == sample.location_id
             # the tile image of the best candidate really loaded
             page.wait_for_function(  # images load after the cards appear
@@ -594,3 +599,35 @@ def test_web_page_sends_the_api_key(served, tmp_path):
                 " return img.complete && img.naturalWidth > 0; }", timeout=30_000)
         finally:
             browser.close()
+
+
+def test_confidence_and_several_photos_of_one_place(served):
+    """/v1/localize returns the stored calibrator's P(top-1 correct); /v1/localize/place fuses
+    several photos (mean embedding, or the best score of any photo) into one ranking."""
+    import httpx
+
+    from gleam.data.schema import decode_image
+    from gleam.retrieval.embed import Embedder
+    from gleam.retrieval.index import GalleryIndex
+
+    photos = [served["samples"][i].query_image for i in (2, 3, 9)]
+    body = httpx.post(served["url"] + "/v1/localize", timeout=60,
+                      json={"image": base64.b64encode(photos[0]).decode(), "modality": "uav", "top_k": 1}).json()
+    top2 = direct_top_k(served, photos[0], "uav", 2)
+    s1, s2 = top2[0]["score"], top2[1]["score"]
+    assert body["confidence"] == pytest.approx(1 / (1 + np.exp(-(4 * s1 + 8 * (s1 - s2) - 2))), abs=1e-4)
+    vectors = Embedder(served["checkpoint"], device="cpu").embed([decode_image(p) for p in photos], "uav")
+    index = GalleryIndex.load(served["index"])
+    encoded = [base64.b64encode(p).decode() for p in photos]
+    mean = httpx.post(served["url"] + "/v1/localize/place", timeout=60,
+                      json={"images": encoded, "modality": "uav", "top_k": 4}).json()
+    fused = vectors.sum(0, keepdims=True)
+    assert mean["fusion"] == "mean" and mean["images"] == 3
+    assert [c["id"] for c in mean["candidates"]] == [h["id"] for h in index.search(fused / np.linalg.norm(fused), 4)[0]]
+    best = httpx.post(served["url"] + "/v1/localize/place", timeout=60,
+                      json={"images": encoded, "modality": "uav", "top_k": 4, "fusion": "max"}).json()
+    scores = (vectors @ np.stack([index.index.reconstruct(i) for i in range(index.count)]).T).max(0)
+    assert [c["id"] for c in best["candidates"]] == [index.ids[i] for i in np.argsort(-scores, kind="stable")[:4]]
+    np.testing.assert_allclose([c["score"] for c in best["candidates"]], np.sort(scores)[::-1][:4], atol=1e-5)
+    refused = httpx.post(served["url"] + "/v1/localize/place", timeout=60, json={"images": encoded, "fusion": "median"})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "fusion"

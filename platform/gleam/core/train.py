@@ -144,27 +144,13 @@ def distributed_embed(model, dataset, rows: np.ndarray, view: str, batch_size: i
 def evaluate_split(model, dataset: Any, batch: int, device, mean, std, rank: int = 0,
                    world: int = 1) -> dict[str, Any]:
     """Retrieval metrics of a TrainingSet's queries against its gallery, both directions, per
-    modality (each rank embeds a share; every rank gets the metrics)."""
-    from gleam.core.evaluate import evaluate_retrieval
+    modality (each rank embeds a share; every rank gets the metrics).  The set's evaluation
+    protocol (if any) picks queries and galleries; semi-positives give VIGOR's hit rate."""
+    from gleam.core.evaluate import evaluate_dataset
 
-    query_rows, gallery_rows = dataset.query_rows(), dataset.gallery_rows()
-    if len(query_rows) == 0:
-        raise ValueError("the evaluation split has no query samples")
-    query_embeddings = distributed_embed(model, dataset, query_rows, "query", batch, device, mean, std, rank, world)
-    gallery_embeddings = distributed_embed(model, dataset, gallery_rows, "satellite", batch, device, mean, std, rank, world)
-    query_latlon = np.stack([dataset.latitudes[query_rows], dataset.longitudes[query_rows]], axis=1)
-    gallery_latlon = np.stack([dataset.latitudes[gallery_rows], dataset.longitudes[gallery_rows]], axis=1)
-    located = bool(np.isfinite(query_latlon).all() and np.isfinite(gallery_latlon).all())
-    if not located:  # a source without coordinates (metadata.coordinates_known=false): no error in metres
-        log.info("evaluation: some samples have no coordinates; localisation error is left out")
-    return evaluate_retrieval(
-        query_embeddings, [dataset.location_ids[r] for r in query_rows],
-        gallery_embeddings, [dataset.location_ids[r] for r in gallery_rows],
-        query_modalities=[dataset.modalities[r] for r in query_rows],
-        query_latlon=query_latlon if located else None,
-        gallery_latlon=gallery_latlon if located else None,
-        both_directions=True,
-    )
+    metrics = evaluate_dataset(model, dataset, batch, device, mean, std, rank, world)
+    metrics.pop("counts", None)
+    return metrics
 
 
 # --------------------------------------------------------------------------- one step
@@ -411,7 +397,7 @@ def load_splits(config: TrainCoreConfig) -> tuple[Any, Any]:
                                    sizes=sizes, satellite_size=satellite)
     val_set = build_training_set(config.data.dataset, split=config.data.val_split, modalities=modalities,
                                  sizes=sizes, satellite_size=satellite,
-                                 include_distractors=config.data.val_distractors)
+                                 include_distractors=config.data.val_distractors, evaluation=True)
     return train_set, val_set
 
 

@@ -89,15 +89,15 @@ class ShardDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["tar"]
 
     def __init__(self, paths: list[str], ledger: Any, decode: bool = True,
-                 split: str | None = None, modalities: Iterable[str] | None = None, **kwargs: Any):
+                 split: str | Iterable[str] | None = None, modalities: Iterable[str] | None = None, **kwargs: Any):
         super().__init__(paths, **kwargs)
         self._ledger = ledger
         self._decode = decode
-        self._split = split
+        self._split = None if split is None else ({split} if isinstance(split, str) else set(split))
         self._modalities = set(modalities) if modalities is not None else None
 
     def _wanted(self, sample: Sample) -> bool:
-        if self._split is not None and sample.split != self._split:
+        if self._split is not None and sample.split not in self._split:
             return False
         return self._modalities is None or sample.modality in self._modalities
 
@@ -138,12 +138,13 @@ def _pyarrow_filesystem(url: str) -> Any:
     return PyFileSystem(FSSpecHandler(fs))
 
 
-def read_samples(source: str | list[str], *, split: str | None = None,
+def read_samples(source: str | list[str], *, split: str | Iterable[str] | None = None,
                  modalities: Iterable[str] | None = None, decode: bool = True,
                  override_num_blocks: int | None = None) -> SampleReader:
     """Read a dataset folder (with ``manifest.json``) or a list of shard URLs with Ray Data.
 
-    ``split``/``modalities`` select samples (and, with a manifest, skip shards holding none).
+    ``split`` (one name or several) / ``modalities`` select samples (and, with a manifest, skip
+    shards holding none).
     """
     if isinstance(source, str):
         urls = shards.shard_urls(source, split=split, modalities=modalities)
@@ -206,16 +207,30 @@ def _preprocess_batch(batch: dict[str, Any], sizes: dict[str, tuple[int, int]],
     return {
         "key": batch["key"], "location_id": batch["location_id"], "modality": batch["modality"],
         "latitude": batch["latitude"], "longitude": batch["longitude"],
+        "split": batch["split"] if "split" in batch else np.array([""] * len(batch["key"]), dtype=object),
+        "semi_positive_ids": np.array([_semi_positive_ids(m) for m in batch["metadata"]] if "metadata" in batch
+                                      else ["[]"] * len(batch["key"]), dtype=object),
         "query_pixels": np.array(query_pixels, dtype=object),
         "query_shape": np.array(query_shapes, dtype=np.int32),
         "satellite_pixels": np.array(satellite_pixels, dtype=object),
     }
 
 
+def _semi_positive_ids(metadata: str) -> str:
+    """``metadata.semi_positive_location_ids`` (VIGOR) as a JSON list string ("[]" when absent)."""
+    try:
+        ids = json.loads(metadata).get("semi_positive_location_ids") or []
+    except (TypeError, ValueError, AttributeError):
+        ids = []
+    return json.dumps([str(i) for i in ids])
+
+
+INDEX_COLUMNS = ("key", "location_id", "modality", "latitude", "longitude", "split", "semi_positive_ids")
+
+
 @ray.remote(num_cpus=0.25)
 def _index_block(table: Any) -> dict[str, list[Any]]:
-    return {name: table.column(name).to_pylist()
-            for name in ("key", "location_id", "modality", "latitude", "longitude")}
+    return {name: table.column(name).to_pylist() for name in INDEX_COLUMNS}
 
 
 class TrainingSet:
@@ -227,11 +242,17 @@ class TrainingSet:
     """
 
     def __init__(self, block_refs: list[Any], columns: dict[str, list[Any]], block_of_row: np.ndarray,
-                 offset_in_block: np.ndarray, satellite_size: tuple[int, int], read_report: dict[str, Any]):
+                 offset_in_block: np.ndarray, satellite_size: tuple[int, int], read_report: dict[str, Any],
+                 protocol: Any = None, distractors: bool = True):
         self.block_refs = block_refs
         self.keys: list[str] = columns["key"]
         self.location_ids: list[str] = columns["location_id"]
         self.modalities: list[str] = columns["modality"]
+        self.splits: list[str] = columns.get("split") or [""] * len(self.keys)
+        self.semi_positive_ids: list[list[str]] = [json.loads(v) if v else [] for v in
+                                                   columns.get("semi_positive_ids") or [""] * len(self.keys)]
+        self.protocol = protocol  # gleam.data.benchmark.EvaluationProtocol of an evaluation set, else None
+        self.distractors = distractors
         self.latitudes = np.asarray(columns["latitude"], dtype=np.float64)
         self.longitudes = np.asarray(columns["longitude"], dtype=np.float64)
         self.block_of_row = block_of_row
@@ -253,15 +274,53 @@ class TrainingSet:
         return {k: v for k, v in self.read_report.items() if k != "corrupt_samples"}
 
     def query_rows(self) -> np.ndarray:
-        """Rows that have a query view (not satellite-only distractors)."""
-        return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
+        """Rows that have a query view (not satellite-only distractors); with an evaluation
+        protocol, those of its query splits and query modalities."""
+        protocol = self.protocol
+        if protocol is None:
+            return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
+        splits, views = set(protocol.query_splits), protocol.query_modalities
+        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
+                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
 
     def gallery_rows(self) -> np.ndarray:
-        """One row per distinct location: its satellite tile (distractors included)."""
+        """One row per distinct location: its satellite tile (distractors included); with an
+        evaluation protocol, the tiles of its gallery splits (only those of locations with a query
+        when the set was built with ``include_distractors=False``)."""
         first: dict[str, int] = {}
+        splits = None if self.protocol is None else set(self.protocol.gallery_splits)
         for row, location in enumerate(self.location_ids):
-            first.setdefault(location, row)
+            if splits is None or self.splits[row] in splits:
+                first.setdefault(location, row)
+        if self.protocol is not None and not self.distractors:
+            queried = {self.location_ids[r] for r in self.query_rows()}
+            first = {location: row for location, row in first.items() if location in queried}
         return np.array(sorted(first.values()), dtype=np.int64)
+
+    def reverse_gallery_rows(self) -> np.ndarray:
+        """Query-view rows ranked by the tiles in satellite->query: the protocol's reverse
+        gallery splits (University-1652: gallery_drone), else the queries themselves."""
+        if self.protocol is None:
+            return self.query_rows()
+        splits, views = set(self.protocol.reverse_gallery_splits), self.protocol.query_modalities
+        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
+                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
+
+    def reverse_query_mask(self, gallery_rows: np.ndarray) -> np.ndarray | None:
+        """Which gallery tiles are satellite->query queries (``None``: all of them)."""
+        if self.protocol is None or self.protocol.reverse_queries == "all_tiles":
+            return None
+        queried = {self.location_ids[r] for r in self.query_rows()}
+        return np.array([self.location_ids[r] in queried for r in gallery_rows], dtype=bool)
+
+    def semi_positives(self, query_rows: np.ndarray, gallery_rows: np.ndarray) -> dict[int, list[int]] | None:
+        """{query position: gallery positions} of the queries' semi-positive tiles (VIGOR), or
+        ``None`` when no query lists any."""
+        if not any(self.semi_positive_ids[r] for r in query_rows):
+            return None
+        position = {self.location_ids[r]: i for i, r in enumerate(gallery_rows)}
+        return {q: [position[i] for i in self.semi_positive_ids[r] if i in position]
+                for q, r in enumerate(query_rows)}
 
     def _block(self, block: int) -> Any:
         if block not in self._cache:
@@ -291,15 +350,30 @@ class TrainingSet:
 
 def build_training_set(source: str | list[str], *, split: str | None, modalities: Iterable[str] | None,
                        sizes: dict[str, tuple[int, int]], satellite_size: tuple[int, int],
-                       include_distractors: bool = False) -> TrainingSet:
-    """Read, decode, resize and materialize a split for training or evaluation."""
-    wanted = None if modalities is None else set(modalities) | ({"satellite"} if include_distractors else set())
-    reader = read_samples(source, split=split, modalities=wanted, decode=False)
+                       include_distractors: bool = False, evaluation: bool = False) -> TrainingSet:
+    """Read, decode, resize and materialize a split for training or evaluation.
+
+    ``evaluation=True``: the split is an evaluation split; the protocol recorded for it in the
+    dataset's manifest (``gleam.data.benchmark.protocol_for``) decides which splits are read and
+    which rows are queries and gallery (``query_rows`` / ``gallery_rows`` / ``reverse_gallery_rows``).
+    """
+    protocol = None
+    read_split: str | list[str] | None = split
+    if evaluation and split is not None:
+        from gleam.data.benchmark import protocol_for
+
+        protocol = protocol_for(source, split)
+        splits = protocol.splits()
+        read_split = splits[0] if len(splits) == 1 else splits
+    benchmark_tiles = protocol is not None and protocol.benchmark != "split"  # its gallery tiles are read always
+    wanted = None if modalities is None else \
+        set(modalities) | ({"satellite"} if include_distractors or benchmark_tiles else set())
+    reader = read_samples(source, split=read_split, modalities=wanted, decode=False)
     dataset = reader.dataset.map_batches(_preprocess_batch, batch_size=32, batch_format="numpy",
                                          fn_kwargs={"sizes": sizes, "satellite_size": satellite_size})
     block_refs = dataset.materialize().to_arrow_refs()
     parts = ray.get([_index_block.remote(ref) for ref in block_refs])
-    columns: dict[str, list[Any]] = {name: [] for name in ("key", "location_id", "modality", "latitude", "longitude")}
+    columns: dict[str, list[Any]] = {name: [] for name in INDEX_COLUMNS}
     block_of_row, offset_in_block = [], []
     for block, part in enumerate(parts):
         for name in columns:
@@ -307,6 +381,6 @@ def build_training_set(source: str | list[str], *, split: str | None, modalities
         block_of_row.extend([block] * len(part["key"]))
         offset_in_block.extend(range(len(part["key"])))
     if not columns["key"]:
-        raise ValueError(f"{source}: no samples for split={split!r}, modalities={sorted(wanted) if wanted else None}")
+        raise ValueError(f"{source}: no samples for split={read_split!r}, modalities={sorted(wanted) if wanted else None}")
     return TrainingSet(block_refs, columns, np.asarray(block_of_row), np.asarray(offset_in_block),
-                       satellite_size, reader.report())
+                       satellite_size, reader.report(), protocol=protocol, distractors=include_distractors)

@@ -267,12 +267,14 @@ def read_manifest(output_url: str) -> dict[str, Any]:
     return storage.read_json(url)
 
 
-def shard_urls(output_url: str, split: str | None = None, modalities: Iterable[str] | None = None) -> list[str]:
-    """URLs of the manifest's shards holding any sample of ``split`` / ``modalities``."""
+def shard_urls(output_url: str, split: str | Iterable[str] | None = None,
+               modalities: Iterable[str] | None = None) -> list[str]:
+    """URLs of the manifest's shards holding any sample of ``split`` (one or several) / ``modalities``."""
     wanted = set(modalities) if modalities is not None else None
+    splits = None if split is None else ({split} if isinstance(split, str) else set(split))
     urls = []
     for shard in read_manifest(output_url)["shards"]:
-        if split is not None and not shard["splits"].get(split):
+        if splits is not None and not any(shard["splits"].get(s) for s in splits):
             continue
         if wanted is not None and not wanted & set(shard["modalities"]):
             continue

@@ -87,11 +87,17 @@ def fit_view(image: np.ndarray, size: tuple[int, int], modality: str) -> np.ndar
     return fit_panorama(image, size) if modality == "panorama" else resize(image, size)
 
 
-def flip_pair(query: np.ndarray, satellite: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    flipped_query = query[:, ::-1]
+def flip_view(image: np.ndarray, modality: str) -> np.ndarray:
+    """The horizontal mirror of one view, as ``flip_pair`` makes it (a panorama is also rolled by
+    one column so azimuth a maps to 360 - a); used by test-time flip augmentation too."""
+    flipped = image[:, ::-1]
     if modality == "panorama":
-        flipped_query = np.roll(flipped_query, 1, axis=1)
-    return np.ascontiguousarray(flipped_query), np.ascontiguousarray(satellite[:, ::-1])
+        flipped = np.roll(flipped, 1, axis=1)
+    return np.ascontiguousarray(flipped)
+
+
+def flip_pair(query: np.ndarray, satellite: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    return flip_view(query, modality), flip_view(satellite, "satellite")
 
 
 def rotate_pair(query: np.ndarray, satellite: np.ndarray, modality: str,

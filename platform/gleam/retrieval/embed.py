@@ -77,8 +77,10 @@ class Embedder:
     """A GLEAM-C checkpoint loaded once; ``embed`` turns images of one modality into unit vectors."""
 
     def __init__(self, checkpoint: str, *, device: str = "auto", batch_size: int = 64,
-                 threads: int | None = None):
+                 threads: int | None = None, tta: Any = None):
         import torch
+
+        from gleam.core.tta import TTAConfig
 
         from gleam.core.model import GleamEncoder
 
@@ -90,6 +92,10 @@ class Embedder:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = GleamEncoder.from_pretrained(checkpoint).to(self.device).eval()
+        # test-time augmentation (gleam.core.tta): a TTAConfig or its dict; gallery and queries must agree
+        self.tta = TTAConfig(**tta) if isinstance(tta, dict) else tta
+        if self.tta is not None:
+            self.tta.check()
         data_config = self.model.data_config()
         self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
 
@@ -108,10 +114,11 @@ class Embedder:
         return prepare_image(image, modality, self.model.config)
 
     def embed(self, images: list[np.ndarray], modality: str) -> np.ndarray:
-        """float32 [N, D] unit embeddings of ``images`` (uint8 arrays of any size) of ``modality``."""
+        """float32 [N, D] unit embeddings of ``images`` (uint8 arrays of any size) of ``modality``
+        (averaged over the test-time augmentations of ``tta`` when set)."""
         import torch
 
-        from gleam.core.train import encode_images
+        from gleam.core.tta import encode_with_tta
 
         prepared = [self.prepare(image, modality) for image in images]
         if not prepared:
@@ -120,7 +127,8 @@ class Embedder:
         with torch.inference_mode():
             for start in range(0, len(prepared), self.batch_size):
                 chunk = prepared[start:start + self.batch_size]
-                out.append(encode_images(self.model, chunk, self.device, self.mean, self.std).float().cpu().numpy())
+                out.append(encode_with_tta(self.model, chunk, modality, self.device, self.mean, self.std, self.tta)
+                           .float().cpu().numpy())
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
@@ -148,8 +156,8 @@ class GalleryEmbedStage:
     """Ray Data actor: decodes satellite tiles and embeds them (checkpoint loaded once per actor)."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, threads: int | None,
-                 keep_images: bool = False):
-        self.embedder = Embedder(checkpoint, device=device, batch_size=batch_size, threads=threads)
+                 keep_images: bool = False, tta: dict | None = None):
+        self.embedder = Embedder(checkpoint, device=device, batch_size=batch_size, threads=threads, tta=tta)
         self.keep_images = keep_images
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,10 +196,10 @@ def warn_if_starved(num_actors: int, num_cpus_per_actor: float, other_cpus: floa
                     num_cpus_per_actor, other_cpus, wanted, total)
 
 
-def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | None = None,
+def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | list[str] | None = None,
                     batch_size: int = 64, num_actors: int = 1, num_cpus_per_actor: float = 0.5,
                     num_gpus_per_actor: float = 0.0, device: str = "auto",
-                    keep_images: bool = False) -> tuple[Any, Any]:
+                    keep_images: bool = False, tta: dict | None = None) -> tuple[Any, Any]:
     """The lazy Ray Dataset of gallery embeddings (columns location_id, latitude, longitude,
     embedding [D] float32, and with ``keep_images`` the encoded tile as ``image``), one row per
     location, plus the ``SampleReader`` counting skipped samples.  Nothing runs until the
@@ -214,6 +222,7 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | No
                             num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
                             fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
                                                    "batch_size": batch_size, "keep_images": keep_images,
+                                                   "tta": tta,
                                                    "threads": actor_threads(num_cpus_per_actor, num_gpus_per_actor)}))
     return dataset, reader
 
@@ -234,12 +243,14 @@ class Gallery:
         return len(self.ids)
 
 
-def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None = None,
+def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list[str] | None = None,
                   batch_size: int = 64, num_actors: int = 1, num_cpus_per_actor: float = 0.5,
-                  num_gpus_per_actor: float = 0.0, device: str = "auto", keep_images: bool = False) -> Gallery:
+                  num_gpus_per_actor: float = 0.0, device: str = "auto", keep_images: bool = False,
+                  tta: dict | None = None) -> Gallery:
     """Embed the satellite gallery of ``source`` (a shard dataset folder / s3:// URL with a
     manifest, or shard URLs), ``split`` selecting samples; Ray must be initialised.
-    ``keep_images`` also returns the encoded tiles (for serving's tile store).
+    ``keep_images`` also returns the encoded tiles (for serving's tile store); ``tta`` (a
+    ``gleam.core.tta.TTAConfig`` as dict) averages flipped / rescaled tiles' embeddings.
 
     Raises ValueError when no sample is found.
     """
@@ -247,7 +258,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None
     dataset, reader = gallery_dataset(checkpoint, source, split=split, batch_size=batch_size,
                                       num_actors=num_actors, num_cpus_per_actor=num_cpus_per_actor,
                                       num_gpus_per_actor=num_gpus_per_actor, device=device,
-                                      keep_images=keep_images)
+                                      keep_images=keep_images, tta=tta)
     ids: list[str] = []
     images: list[bytes] = []
     latitudes, longitudes, embeddings = [], [], []

@@ -54,6 +54,29 @@ def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return {**stats, "sizes": {str(k): v for k, v in sorted(stats["sizes"].items())}}
 
 
+def load_retrieval_extras(index: str) -> dict[str, Any]:
+    """What jobs/build_index.py stored beside the index: the tiles' test-time augmentation
+    (``retrieval.json``; queries are embedded the same way) and a fitted calibrator
+    (``calibration.json``); absent files mean none."""
+    from gleam import storage
+    from gleam.core.calibration import FILE, Calibrator
+
+    extras: dict[str, Any] = {"tta": None, "calibrator": None}
+    if storage.exists(storage.join(index, "retrieval.json")):
+        extras["tta"] = storage.read_json(storage.join(index, "retrieval.json")).get("tta")
+    if storage.exists(storage.join(index, FILE)):
+        extras["calibrator"] = Calibrator.from_json(storage.read_json(storage.join(index, FILE)))
+    return extras
+
+
+def confidence_of(calibrator: Any, scores: np.ndarray) -> dict[str, Any]:
+    """``{"confidence": P(top-1 correct)}`` from the top-1 score and its margin, or {} without a calibrator."""
+    if calibrator is None or len(scores) == 0 or not np.isfinite(scores[0]):
+        return {}
+    second = float(scores[1]) if len(scores) > 1 and np.isfinite(scores[1]) else -1.0
+    return {"confidence": float(calibrator.predict([float(scores[0])], [second])[0])}
+
+
 class RetrieverImpl:
     """Embeds queries with the GLEAM-C encoder and searches the gallery index (no Ray)."""
 
@@ -66,7 +89,9 @@ class RetrieverImpl:
         checkpoint = checkpoint or self.index.meta.get("checkpoint", "")
         if not checkpoint:
             raise ValueError(f"index {index} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
-        self.embedder = Embedder(checkpoint, device=device)
+        extras = load_retrieval_extras(index)
+        self.embedder = Embedder(checkpoint, device=device, tta=extras["tta"])
+        self.calibrator = extras["calibrator"]
         self.tiles = TileStore.load(index)
         self.checkpoint = checkpoint
         self.stats = _new_stats()
@@ -89,14 +114,15 @@ class RetrieverImpl:
                 continue
             k = max(items[p][2] for p in rows)
             try:
-                hits = self.index.search(np.stack([rows[p] for p in rows]), k)
+                hits = self.index.search(np.stack([rows[p] for p in rows]), max(k, 2) if self.calibrator is not None else k)
             except Exception as error:  # the index failed for the whole group: each item says so
                 for position in rows:
                     results[position] = item_error(500, "index", f"search failed ({type(error).__name__}: "
                                                                  f"{error}); retry later")
                 continue
             for row, position in enumerate(rows):
-                results[position] = {"candidates": hits[row][: items[position][2]]}
+                results[position] = {"candidates": hits[row][: items[position][2]],
+                                     **confidence_of(self.calibrator, hits.scores[row])}
         _record_batch(self.stats, len(items), time.perf_counter() - started, sum("error" in r for r in results))
         return results
 
@@ -127,6 +153,27 @@ class RetrieverImpl:
             else:
                 rows[position] = vector
         return rows
+
+    def localize_fused(self, images: list[np.ndarray], modality: str, k: int, method: str) -> dict[str, Any]:
+        """Several images of one place -> one ranking (multi-query fusion, gleam.core.evaluate.FusionConfig):
+        ``mean`` searches the normalised mean embedding; ``max`` scores a tile by its best similarity to
+        any image (exact: a tile of the fused top-k is in the top-k of the image it scores best with)."""
+        embeddings = self.embedder.embed(images, modality)
+        depth = max(k, 2) if self.calibrator is not None else k
+        if method == "mean":
+            fused = embeddings.sum(axis=0, keepdims=True)
+            hits = self.index.search(fused / np.linalg.norm(fused), depth)
+            return {"candidates": hits[0][:k], **confidence_of(self.calibrator, hits.scores[0])}
+        hits = self.index.search(embeddings, depth)
+        best: dict[int, dict[str, Any]] = {}
+        for row in range(len(images)):
+            for hit, index in zip(hits[row], hits.indices[row]):
+                if int(index) not in best or hit["score"] > best[int(index)]["score"]:
+                    best[int(index)] = dict(hit)
+        ranked = sorted(best.items(), key=lambda item: (-item[1]["score"], item[0]))[:depth]
+        candidates = [{**hit, "rank": rank + 1} for rank, (_, hit) in enumerate(ranked)]
+        return {"candidates": candidates[:k],
+                **confidence_of(self.calibrator, np.array([c["score"] for c in candidates]))}
 
     def gallery(self) -> dict[str, Any]:
         return {"count": len(self.index), "ids": list(self.index.ids),
@@ -274,6 +321,9 @@ class Retriever:
         """A whole batch request in one call (already a batch: no waiting for company)."""
         return await _each_answered(self.impl.localize_many, items, "image")
 
+    async def localize_fused(self, images: list[np.ndarray], modality: str, k: int, method: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.impl.localize_fused, images, modality, k, method)
+
     def tile(self, tile_id: str) -> bytes | None:
         return self.impl.tiles.get(tile_id)
 
@@ -282,7 +332,9 @@ class Retriever:
 
     def info(self) -> dict[str, Any]:
         return {"gallery": len(self.impl.index), "checkpoint": self.impl.checkpoint,
-                "index": self.impl.index.meta.get("kind"), "batching": _public_stats(self.impl.stats)}
+                "index": self.impl.index.meta.get("kind"), "batching": _public_stats(self.impl.stats),
+                "tta": self.impl.embedder.tta.__dict__ if self.impl.embedder.tta else None,
+                "calibrated": self.impl.calibrator is not None}
 
 
 @serve.deployment(name="Explainer")
@@ -385,7 +437,8 @@ class Ingress:
 
     def _result(self, request: LocalizeRequest, retrieved: dict[str, Any]) -> dict[str, Any]:
         return {"id": request.id or None, "modality": request.modality, "top_k": request.top_k,
-                "language": request.language, "candidates": retrieved["candidates"]}
+                "language": request.language, "candidates": retrieved["candidates"],
+                **({"confidence": retrieved["confidence"]} if "confidence" in retrieved else {})}
 
     # ------------------------------------------------------------------ endpoints
 
@@ -478,6 +531,39 @@ class Ingress:
                     results.append(item)
             return JSONResponse({"count": len(results), "errors": sum("error" in r for r in results),
                                  "results": results})
+        except RequestError as error:
+            return JSONResponse(error.to_json(), status_code=error.status)
+
+    @api.post("/v1/localize/place")
+    async def localize_place(self, request: Request) -> JSONResponse:
+        """Several photos of one place fused into one query (``fusion``: mean | max); JSON
+        ``{"images": [base64, ...], "modality"?, "top_k"?, "fusion"?}`` or a form with several
+        ``images`` files."""
+        try:
+            kind, body = await self._form_or_json(request)
+            check_fields(body, {"images", "modality", "top_k", "fusion"}, "/v1/localize/place")
+            options = self._options({k: v for k, v in body.items() if k in ("modality", "top_k")})
+            method = body.get("fusion") or "mean"
+            if method not in ("mean", "max"):
+                raise RequestError(422, "fusion", f"{method!r} is not a fusion method; use mean or max")
+            entries = body.get("images")
+            if kind == "form" and entries is not None and not isinstance(entries, list):
+                entries = [entries]
+            if not isinstance(entries, list) or not entries:
+                raise RequestError(422, "images", "must be a non-empty list of images of one place")
+            if len(entries) > self.s["max_batch_images"]:
+                raise RequestError(413, "images", f"{len(entries)} images; the limit per request is "
+                                                  f"{self.s['max_batch_images']}")
+            images = []
+            for position, entry in enumerate(entries):
+                where = f"images[{position}]"
+                if kind == "form":
+                    images.append((await self._image_field("form", {"image": entry}, where))[1])
+                else:
+                    images.append(decode_base64_image(entry, where, self.s["max_image_bytes"])[1])
+            found = await self.retriever.localize_fused.remote(images, options["modality"], options["top_k"], method)
+            return JSONResponse({"modality": options["modality"], "top_k": options["top_k"], "fusion": method,
+                                 "images": len(images), **found})
         except RequestError as error:
             return JSONResponse(error.to_json(), status_code=error.status)
 

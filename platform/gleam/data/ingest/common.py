@@ -123,6 +123,8 @@ class IngestPlan:
     flags: dict[str, Any] = field(default_factory=dict)  # name -> {"value": ..., "note": sentence}
     notes: list[str] = field(default_factory=list)
     dedupe: bool = False  # default for this dataset (IngestConfig.dedupe overrides)
+    # what the benchmark scores, by evaluation split (gleam.data.benchmark.EvaluationProtocol as JSON)
+    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
@@ -584,7 +586,9 @@ def run_plan(plan: IngestPlan, output: str, shard_config: ShardConfig, *, resume
         f"part {r['part']}: " + ("complete from an earlier run" if r["resumed"] else f"wrote in {r['seconds']:.1f}s")
         + f", {r['samples']} samples, {len(r['skipped'])} skipped"), [part.name for part in parts])
     records_by_part = [shards.PartRecord.from_json(r["record"]) for r in results]
-    manifest_extra = {"ingest": {"source": plan.source, "flags": plan.flags}}
+    manifest_extra: dict[str, Any] = {"ingest": {"source": plan.source, "flags": plan.flags}}
+    if plan.evaluation:
+        manifest_extra["evaluation"] = plan.evaluation
     report = build_report(plan, output, results, duplicates, conflicts, dedupe, records_per_part, max_side)
     report["seconds"] = round(time.perf_counter() - started, 2)
     off_aspect = report["warnings_by_reason"].get("aspect_ratio", 0)
@@ -637,6 +641,7 @@ def build_report(plan: IngestPlan, output: str, results: list[dict[str, Any]], d
         "warnings": warnings,
         "flags": {**plan.flags, "dedupe": dedupe, "max_side": max_side, "records_per_part": records_per_part},
         "notes": plan.notes,
+        "evaluation": plan.evaluation,
         "parts": len(results),
         "parts_written": len(written),
         "parts_skipped": len(results) - len(written),

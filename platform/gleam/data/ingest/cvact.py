@@ -12,6 +12,9 @@ the evaluation set ``valSetAll``.  The validation set (CVACT_val) is written to 
 default, as papers evaluate on it.  UTM is converted to WGS84 latitude/longitude with the
 Krüger series below (sub-millimetre within a zone).  Panoramas are north-aligned (heading 0) and
 2:1 (1664x832; another aspect is warned about in the report, ``aspect_ratio``).
+
+Evaluation protocol (recorded in the manifest): the evaluation set's panoramas against its tiles
+(CVACT_val: 8,884 pairs on the full release), R@top1% with k = floor(G / 100), as Sample4Geo.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gleam import storage
+from gleam.data.benchmark import EvaluationProtocol
 from gleam.data.ingest.common import (BAD_COORDINATES, BAD_VALUE, MISSING_FILE, FileTree, IngestPlan, LayoutError,
                                       PairRecord, Skip, coordinate_problem, make_key, require_file)
 
@@ -210,6 +214,12 @@ def plan_cvact(root: str, options: CvactOptions) -> IngestPlan:
                 metadata={"id": pano_id, "index": index + 1, "set": set_name,
                           "utm": [float(easting[index]), float(northing[index])], "query_file": query,
                           "satellite_file": tile}))
+    plan.evaluation[options.val_split] = EvaluationProtocol(
+        benchmark="cvact", split=options.val_split, query_splits=[options.val_split],
+        gallery_splits=[options.val_split], reverse_gallery_splits=[options.val_split],
+        reverse_queries="query_locations", top1_percent_rule="floor",
+        official={"panorama->satellite": {"queries": 8884, "gallery": 8884}} if eval_set == "valSet" else {},
+        note=f"{eval_set}: each panorama against the tiles of the whole set").to_json()
     plan.flags["eval_set"] = {"value": eval_set, "note": f"{eval_set} written to split '{options.val_split}'"}
     plan.flags["utm"] = {"value": f"zone {options.utm_zone}{'S' if options.southern else 'N'}", "columns": order,
                          "note": "UTM converted to WGS84 latitude/longitude"}

@@ -16,6 +16,9 @@ north-aligned (heading 0) and 1232x224 (5.5:1; another aspect is warned about in
 ``aspect_ratio``); their shape is kept in training and serving (``gleam.data.transforms.fit_panorama``),
 not stretched to ``model.panorama_size``.  Content de-duplication is on by default: a pair whose panorama and
 tile bytes equal an earlier pair's is reported and written once.
+
+Evaluation protocol (recorded in the manifest): the validation panoramas against the validation
+tiles, 8,884 pairs on the full release, R@top1% with k = floor(G / 100) (88), as Sample4Geo.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gleam import storage
+from gleam.data.benchmark import EvaluationProtocol
 from gleam.data.ingest.common import (BAD_COORDINATES, BAD_LINE, MISMATCHED_IDS, MISSING_FILE, FileTree, IngestPlan,
                                       PairRecord, Skip, coordinate_problem, make_key, require_file, stem)
 
@@ -139,6 +143,12 @@ def plan_cvusa(root: str, options: CvusaOptions) -> IngestPlan:
     if unlocated:
         plan.warnings.append(Skip("no_coordinates", options.locations or "",
                                   f"{unlocated} pairs are not in the location CSV: latitude/longitude 0"))
+    plan.evaluation[options.val_split] = EvaluationProtocol(
+        benchmark="cvusa", split=options.val_split, query_splits=[options.val_split],
+        gallery_splits=[options.val_split], reverse_gallery_splits=[options.val_split],
+        reverse_queries="query_locations", top1_percent_rule="floor",
+        official={"panorama->satellite": {"queries": 8884, "gallery": 8884}},
+        note=f"{options.val_csv} pairs: each panorama against the tiles of all of them").to_json()
     plan.flags["val_split"] = {"value": options.val_split,
                                "note": f"{options.val_csv} written to split '{options.val_split}'"}
     plan.flags["coordinates"] = {

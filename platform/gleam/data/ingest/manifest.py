@@ -14,6 +14,10 @@ One row per sample.  Columns (aliases in brackets)::
 Paths are relative to the manifest's folder, absolute, or URLs (``s3://...``).  ``root`` is the
 manifest file itself or a folder holding ``manifest.csv`` / ``manifest.parquet`` (or the file
 named by ``manifest.file``).  A bad row is skipped and reported with its row number and reason.
+
+Evaluation protocol (recorded in the dataset manifest, ``gleam.data.benchmark``): each of splits
+``val`` / ``test`` is scored with its own queries against its own satellite tiles plus every tile
+of split ``gallery`` (distractor tiles belong to every evaluation's gallery).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gleam import storage
+from gleam.data.benchmark import EvaluationProtocol
 from gleam.data.ingest.common import (BAD_COORDINATES, BAD_VALUE, MISSING_FILE, IngestPlan, LayoutError, PairRecord,
                                       Skip, coordinate_problem, existing_files, make_key, relative_name)
 from gleam.data.schema import SATELLITE_ONLY, SPLITS, modalities
@@ -151,6 +156,18 @@ def _row_record(row: dict[str, Any], columns: dict[str, str], number: int, folde
         metadata={"row": number, "query_file": value["query"] or None, "satellite_file": value["satellite"]})
 
 
+def record_protocols(plan: IngestPlan) -> None:
+    """Each evaluation split (val, test) against its own tiles plus every tile of split 'gallery'."""
+    splits = {r.split for r in plan.records}
+    extra = ["gallery"] if "gallery" in splits else []
+    for split in ("val", "test"):
+        if split in splits:
+            plan.evaluation[split] = EvaluationProtocol(
+                benchmark="manifest", split=split, query_splits=[split], gallery_splits=[split, *extra],
+                reverse_gallery_splits=[split], reverse_queries="all_tiles",
+                note=f"queries of split {split} against the tiles of {' + '.join([split, *extra])}").to_json()
+
+
 def plan_manifest(root: str, options: ManifestOptions) -> IngestPlan:
     """Read and check the manifest, then plan every row (see the module docstring)."""
     url = find_manifest(root, options)
@@ -177,5 +194,6 @@ def plan_manifest(root: str, options: ManifestOptions) -> IngestPlan:
             continue
         kept.append(record)
     plan.records = kept
+    record_protocols(plan)
     plan.flags["manifest"] = {"value": name, "rows": len(rows), "note": f"generic manifest {name}"}
     return plan

@@ -9,7 +9,8 @@ Layout of the release (``University-Release/``)::
     test/query_drone/<class>/...             701 query classes
     test/query_street/<class>/...
     test/gallery_satellite/<class>/<class>.jpg   951 classes: 701 + 250 distractors
-    test/query_satellite, gallery_drone, gallery_street   (not converted, see below)
+    test/gallery_drone/<class>/..., gallery_street/<class>/...   951 classes (satellite->drone)
+    test/query_satellite                     the 701 query classes' tiles again (not converted)
 
 Every drone/street image is paired with its class's satellite tile (train: ``train/satellite``;
 test: ``test/gallery_satellite``, falling back to ``test/query_satellite``).  The test gallery
@@ -20,12 +21,23 @@ and its tile.  The release has no coordinates: latitude/longitude are 0 and
 ``metadata.coordinates_known`` is false.  ``query_satellite`` holds the same tiles as the
 gallery, and ``gallery_drone``/``gallery_street`` serve the reverse (satellite->drone) task whose
 gallery is not a satellite gallery; they are listed as not converted in the report notes.
+
+Evaluation protocol (recorded in the manifest, ``gleam.data.benchmark``): split ``test`` is
+scored as the paper does.  drone->satellite (and street->satellite): the queries of split
+``test`` against the satellite tiles of splits ``test`` + ``gallery`` (951 tiles incl. the 250
+distractor classes; 37,855 drone queries on the full release).  satellite->drone: the tiles of
+the 701 query classes (``query_satellite``) rank ``gallery_drone`` (51,355 images: the 37,855
+query images again plus 13,500 of the distractor classes), so the distractor classes' images of
+``test/gallery_drone`` and ``test/gallery_street`` are written to split ``gallery`` (modality
+``uav`` / ``ground``, paired with their class's tile); images of a query class already under
+``query_drone``/``query_street`` (same file name) are not written twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gleam.data.benchmark import EvaluationProtocol
 from gleam.data.ingest.common import (MISMATCHED_IDS, NO_SATELLITE, NOT_AN_IMAGE, UNUSED_SATELLITE, FileTree,
                                       IngestPlan, PairRecord, Skip, is_image_name, make_key, stem)
 from gleam.data.schema import SATELLITE_ONLY
@@ -53,6 +65,7 @@ class University1652Options:
 
     include_google: bool = True  # train/google: noisy street views, as modality 'ground'
     keep_distractors: bool = True  # official protocol: keep the 250 distractor gallery classes
+    reverse_gallery: bool = True  # test/gallery_drone, gallery_street images not under query_* -> split 'gallery'
     include_train: bool = True
     include_test: bool = True
 
@@ -159,9 +172,59 @@ def _test(tree: FileTree, options: University1652Options, plan: IngestPlan) -> N
                  "stay in the gallery" if kept else
                  f"compatibility mode: the {len(distractors)} distractor classes of test/gallery_satellite "
                  "were dropped (as some papers do); results are not comparable with the official protocol")}
-    plan.notes.append("test/query_satellite, test/gallery_drone and test/gallery_street are not converted: "
-                      "query_satellite holds the gallery tiles again, and the drone/street galleries of the "
-                      "reverse task are not satellite galleries")
+    reverse = _reverse_gallery(tree, options, set(gallery_classes), tiles, plan) if options.reverse_gallery else {}
+    plan.notes.append("test/query_satellite is not converted: it holds the gallery tiles of the query classes again")
+    plan.evaluation["test"] = EvaluationProtocol(
+        benchmark="university1652", split="test", query_splits=["test"], gallery_splits=["test", "gallery"],
+        reverse_gallery_splits=["test", "gallery"], reverse_queries="query_locations", top1_percent_rule="round",
+        official={"uav->satellite": {"queries": 37855, "gallery": 951},
+                  "satellite->uav": {"queries": 701, "gallery": 51355}},
+        note=("drone/street queries of split test against the satellite tiles of test + gallery "
+              f"({'with' if kept else 'WITHOUT'} the distractor classes); satellite->drone: tiles of the "
+              "query classes against the drone images of test + gallery "
+              f"({reverse.get('uav', 0)} gallery_drone images added)")).to_json()
+
+
+def _reverse_gallery(tree: FileTree, options: University1652Options, gallery_classes: set[str],
+                     tiles: dict[str, str | None], plan: IngestPlan) -> dict[str, int]:
+    """test/gallery_{drone,street} images not already written from query_* -> split 'gallery'."""
+    added: dict[str, int] = {}
+    for view in ("drone", "street"):
+        folder = f"test/gallery_{view}"
+        if not tree.has_dir(folder):
+            plan.notes.append(f"{folder} not found: satellite->{QUERY_VIEWS[view]} ranks the query images only")
+            continue
+        for class_id in tree.subdirs(folder):
+            if class_id not in gallery_classes:
+                plan.skipped.append(Skip(MISMATCHED_IDS, f"{folder}/{class_id}",
+                                         f"class {class_id} is not in test/gallery_satellite"))
+                continue
+            if not options.keep_distractors and class_id not in set(tree.subdirs(f"test/query_{view}")):
+                continue
+            known = set(tree.files_in(f"test/query_{view}/{class_id}"))
+            tile = tiles.get(class_id)
+            for name in tree.files_in(f"{folder}/{class_id}"):
+                relative = f"{folder}/{class_id}/{name}"
+                if name in known:
+                    continue  # the same image as the query's: written once, under split test
+                if not is_image_name(name):
+                    plan.skipped.append(Skip(NOT_AN_IMAGE, relative, "not an image file name"))
+                    continue
+                if tile is None:
+                    plan.skipped.append(Skip(NO_SATELLITE, relative, f"class {class_id} has no satellite tile"))
+                    continue
+                plan.records.append(PairRecord(
+                    key=make_key("gallery", view, class_id, stem(name)), location_id=location_id(class_id),
+                    split="gallery", modality=QUERY_VIEWS[view], satellite=tree.url(tile), query=tree.url(relative),
+                    latitude=0.0, longitude=0.0,
+                    metadata={"class": class_id, "view": view, "noisy": False, "query_file": relative,
+                              "satellite_file": tile, "coordinates_known": False, "reverse_gallery": True}))
+                added[QUERY_VIEWS[view]] = added.get(QUERY_VIEWS[view], 0) + 1
+    plan.flags["reverse_gallery"] = {
+        "value": options.reverse_gallery, "images": added,
+        "note": "test/gallery_drone and gallery_street images not under query_* written to split 'gallery' "
+                "(the satellite->drone / satellite->street galleries)"}
+    return added
 
 
 def plan_university1652(root: str, options: University1652Options) -> IngestPlan:
@@ -171,6 +234,8 @@ def plan_university1652(root: str, options: University1652Options) -> IngestPlan
         folders += ["train/satellite", "train/drone", "train/street", "train/google"]
     if options.include_test:
         folders += ["test/query_drone", "test/query_street", "test/gallery_satellite", "test/query_satellite"]
+        if options.reverse_gallery:
+            folders += ["test/gallery_drone", "test/gallery_street"]
     tree = FileTree.scan(root, folders)
     plan = IngestPlan(dataset=NAME, source=SOURCE, root=root, records=[])
     if options.include_train:

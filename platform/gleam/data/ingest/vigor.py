@@ -20,6 +20,11 @@ and ``metadata.semi_positives`` the three semi-positive tiles with their locatio
 coordinates (``metadata.semi_positive_location_ids`` for the evaluation's hit rate).  Tiles of the
 evaluation cities that are no test positive go to split ``gallery`` (modality ``satellite``), so
 test + gallery is the full VIGOR gallery.
+
+Evaluation protocol (recorded in the manifest, ``gleam.data.benchmark``): the panoramas of split
+``test`` against every tile of splits ``test`` + ``gallery`` (same-area: all tiles of the four
+cities, 52,605 queries against 90,618 tiles on the full release; cross-area: the test cities'
+panoramas, 53,694, against their tiles), with hit rate from the semi-positives.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gleam import storage
+from gleam.data.benchmark import EvaluationProtocol
 from gleam.data.ingest.common import (BAD_COORDINATES, BAD_FILE_NAME, BAD_LINE, MISSING_FILE, FileTree, IngestPlan,
                                       LayoutError, PairRecord, Skip, coordinate_problem, make_key)
 from gleam.data.schema import SATELLITE_ONLY
@@ -148,6 +154,15 @@ def plan_vigor(root: str, options: VigorOptions) -> IngestPlan:
     plan.flags["protocol"] = {"value": options.protocol, "cities": cities,
                               "evaluation_cities": list(evaluation_cities),
                               "note": f"VIGOR {options.protocol.replace('_', '-')} protocol"}
+    official = ({"panorama->satellite": {"queries": 52605, "gallery": 90618}} if options.protocol == "same_area"
+                else {"panorama->satellite": {"queries": 53694}})
+    plan.evaluation["test"] = EvaluationProtocol(
+        benchmark=f"vigor-{options.protocol.replace('_', '-')}", split="test", query_splits=["test"],
+        gallery_splits=["test", "gallery"] if options.gallery else ["test"], reverse_gallery_splits=["test"],
+        reverse_queries="query_locations", semi_positives=True, top1_percent_rule="round", official=official,
+        note=(f"panoramas of split test against the tiles of the evaluation cities {list(evaluation_cities)}"
+              + (" (test positives + split gallery)" if options.gallery else
+                 " that are test positives only: vigor.gallery=false, not the benchmark's gallery"))).to_json()
     plan.flags["gallery"] = {"value": options.gallery,
                              "note": "tiles of the evaluation cities that are no test positive are in split "
                                      "'gallery'" if options.gallery else "no extra gallery tiles written"}
