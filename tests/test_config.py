@@ -125,7 +125,8 @@ def test_repository_configs_load():
 # classified, so a new path cannot slip past resolve_paths unresolved.
 NOT_PATHS = {"address", "log_level", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
              "locations", "loss_reduction", "mlflow_uri", "mlflow_experiment", "mat_file", "metric", "modality", "mode", "name", "prefix", "pretrained", "source",
-             "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt"}
+             "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt",
+             "top1_percent_rule", "method", "group_by", "fit_split"}
 
 
 def _str_fields(cls, prefix=""):

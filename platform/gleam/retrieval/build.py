@@ -41,7 +41,7 @@ class BuildIndexConfig:
     output: OutputPath = "runs/index-local"  # index folder (local or s3://)
     tiles: bool = True  # also store the tile images (tiles.parquet) for serving
     tta: TTAConfig = field(default_factory=TTAConfig)  # test-time flip / multi-scale of tiles (and of served queries)
-    calibration: str = ""  # calibration.json from jobs/evaluate_core.py to store with the index ("" = none)
+    calibration: InputPath = ""  # calibration.json from jobs/evaluate_core.py to store with the index ("" = none)
     index: IndexConfig = field(default_factory=IndexConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ray: RayConfig = field(default_factory=lambda: RayConfig(num_workers=1))  # embedding actors
