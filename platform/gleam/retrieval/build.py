@@ -3,8 +3,8 @@
 Embeds the split's satellite gallery with a Ray Data actor pool (``embed_gallery``), builds the
 faiss index (``GalleryIndex``) and writes it to ``output`` with ``config.yaml`` and
 ``report.json`` (count, dim, kind, timings, embeddings per second, read report), and with
-``tiles`` the encoded tile images (``tiles.parquet``, ``gleam.retrieval.tiles``) that serving
-shows and explains.
+``tiles`` the encoded tile images and their footprints (``tiles.parquet``,
+``gleam.retrieval.tiles``) that serving shows, explains and draws as the map's basemap.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     if config.tiles:
         from gleam.retrieval.tiles import TileStore
 
-        TileStore.write(config.output, gallery.ids, gallery.images or [])
+        TileStore.write(config.output, gallery.ids, gallery.images or [], gallery.bounds)
     save_config(config, config.output)
     seconds = time.perf_counter() - started
     report = {"name": config.run.name, "output": config.output, "checkpoint": config.checkpoint,

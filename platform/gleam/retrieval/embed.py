@@ -161,7 +161,14 @@ class GalleryEmbedStage:
                "longitude": batch["longitude"].astype(np.float64),
                "embedding": self.embedder.embed(images, "satellite")}
         if self.keep_images:
+            import json
+
+            from gleam.retrieval.tiles import tile_bounds
+
             out["image"] = batch["satellite"]  # the encoded tile, as stored in the shard
+            out["bounds"] = np.asarray([tile_bounds(json.loads(text) if text else {}, lat, lon) for text, lat, lon
+                                        in zip(batch["metadata"], batch["latitude"], batch["longitude"])],
+                                       dtype=np.float64).reshape(-1, 4)  # the tile's footprint, NaN unknown
         return out
 
 
@@ -193,7 +200,8 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | No
                     num_gpus_per_actor: float = 0.0, device: str = "auto",
                     keep_images: bool = False) -> tuple[Any, Any]:
     """The lazy Ray Dataset of gallery embeddings (columns location_id, latitude, longitude,
-    embedding [D] float32, and with ``keep_images`` the encoded tile as ``image``), one row per
+    embedding [D] float32, and with ``keep_images`` the encoded tile as ``image`` and its footprint
+    as ``bounds`` [4] (``gleam.retrieval.tiles.tile_bounds``)), one row per
     location, plus the ``SampleReader`` counting skipped samples.  Nothing runs until the
     dataset is consumed."""
     import ray
@@ -205,7 +213,8 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | No
         device = "cuda"
     reader = read_samples(source, split=split, decode=False)
     dataset = (reader.dataset
-               .select_columns(["location_id", "latitude", "longitude", "satellite"])
+               .select_columns(["location_id", "latitude", "longitude", "satellite"]
+                               + (["metadata"] if keep_images else []))
                # num_cpus=0: a counted CPU share here starves the read tasks on 2-core machines
                .map_batches(FirstPerLocation, batch_format="numpy", batch_size=None,
                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
@@ -229,6 +238,7 @@ class Gallery:
     read_report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     images: list[bytes] | None = None  # encoded tiles (``keep_images=True``)
+    bounds: np.ndarray | None = None  # [N, 4] tile footprints in degrees, NaN unknown (``keep_images=True``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -250,6 +260,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None
                                       keep_images=keep_images)
     ids: list[str] = []
     images: list[bytes] = []
+    bounds: list[np.ndarray] = []
     latitudes, longitudes, embeddings = [], [], []
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         ids.extend(str(i) for i in batch["location_id"])
@@ -258,6 +269,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None
         embeddings.append(np.asarray(batch["embedding"], dtype=np.float32))
         if keep_images:
             images.extend(bytes(image) for image in batch["image"])
+            bounds.append(np.asarray(batch["bounds"], dtype=np.float64).reshape(-1, 4))
     report = reader.report()
     report = {k: v for k, v in report.items() if k != "corrupt_samples"} | {
         "corrupt_examples": report["corrupt_samples"][:20]}
@@ -269,4 +281,5 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | None
                    longitudes=np.concatenate(longitudes)[order],
                    embeddings=np.ascontiguousarray(np.concatenate(embeddings)[order]),
                    read_report=report, seconds=time.perf_counter() - started,
-                   images=[images[i] for i in order] if keep_images else None)
+                   images=[images[i] for i in order] if keep_images else None,
+                   bounds=np.concatenate(bounds)[order] if keep_images else None)
