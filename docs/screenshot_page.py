@@ -55,7 +55,7 @@ def screenshot(url: str, image: str, out: str, *, modality: str = "streetmap", t
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url.rstrip("/") + "/")
-            page.wait_for_selector("path.gallery-points", state="attached", timeout=60_000)
+            page.wait_for_selector("path.gallery-points[data-count]", state="attached", timeout=60_000)
             page.set_input_files("#image", image)
             page.select_option("#modality", modality)
             page.fill("#top_k", str(top_k))
