@@ -4,6 +4,7 @@ embedding with a Ray Data actor pool (build_index), and offline batch localizati
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -177,6 +178,8 @@ def tiny_world(tmp_path_factory):
     GleamEncoder(ModelConfig(embedding_dim=16, image_size=32, panorama_size=[32, 64])).save_pretrained(checkpoint)
     test = [make_sample(i, modality=m, split="test") for i in range(6) for m in ("uav", "ground")]
     test += [make_sample(100 + i, modality="satellite", split="test") for i in range(3)]
+    test[-3].metadata["tile_size_m"] = 200.0  # footprints the tile store keeps for the page's map
+    test[-2].metadata["tile_bounds_latlon"] = [47.1, 8.398, 47.102, 8.401]
     train = [make_sample(200 + i, split="train") for i in range(4)]
     data = str(root / "data")
     records = [write_part(data, "test", lambda: test, ShardConfig(max_samples=8)),
@@ -216,6 +219,11 @@ def test_build_index_embeds_one_tile_per_location(tiny_world, built_index):
 
     store = TileStore.load(output)
     assert len(store) == 9 and all(store.get(i) == tiles[i].satellite_image for i in tiles)
+    assert store.bounds("loc00101") == (47.1, 8.398, 47.102, 8.401)
+    half = math.degrees(100.0 / 6_371_008.8)
+    np.testing.assert_allclose(store.bounds("loc00100"), [47.1 - half, 8.4 - half / math.cos(math.radians(47.1)),
+                                                          47.1 + half, 8.4 + half / math.cos(math.radians(47.1))])
+    assert store.bounds("loc00102") is None and store.bounds("loc00000") is None
 
 
 def test_embed_gallery_reports_an_empty_split(ray_session, tiny_world):
@@ -323,3 +331,25 @@ def test_hits_without_coordinates_are_null_in_json():
     hits = {hit["id"]: hit for hit in index.search(vectors, 4)[0]}
     assert hits["a"]["lat"] == 1.0 and hits["b"]["lat"] is None and hits["b"]["lon"] is None
     json.dumps(hits, allow_nan=False)  # what the HTTP layer does: NaN would be a 500
+
+
+def test_tile_footprints_from_metadata(tmp_path):
+    from gleam.retrieval.tiles import TileStore, tile_bounds
+
+    assert tile_bounds({"tile_bounds_latlon": [1, 2, 3, 4]}, 2, 3) == (1.0, 2.0, 3.0, 4.0)
+    # a square of tile_size_m metres: 1 degree of latitude = pi R / 180 m (R = 6371008.8 m)
+    lat_min, lon_min, lat_max, lon_max = tile_bounds({"tile_size_m": 256}, 60.0, 10.0)
+    assert (lat_max - lat_min) * math.pi / 180 * 6_371_008.8 == pytest.approx(256, rel=1e-9)
+    assert (lon_max - lon_min) == pytest.approx(2 * (lat_max - lat_min), rel=1e-9)  # cos 60 = 1/2
+    unknown = [{}, None, {"tile_size_m": -1}, {"tile_size_m": "x"}, {"tile_bounds_latlon": [3, 2, 1, 4]},
+               {"tile_bounds_latlon": "1,2,3,4"}]
+    for metadata in unknown:
+        assert all(math.isnan(v) for v in tile_bounds(metadata, 1.0, 2.0)), metadata
+    assert all(math.isnan(v) for v in tile_bounds({"tile_size_m": 100}, float("nan"), 2.0))
+    TileStore.write(str(tmp_path), ["a", "b"], [b"x", b"y"], [(1, 2, 3, 4), tile_bounds({}, 0, 0)])
+    store = TileStore.load(str(tmp_path))
+    assert store.bounds("a") == (1.0, 2.0, 3.0, 4.0) and store.bounds("b") is None and store.get("b") == b"y"
+    with pytest.raises(ValueError, match="bounds must be 2 rows"):
+        TileStore.write(str(tmp_path), ["a", "b"], [b"x", b"y"], [(1, 2, 3, 4)])
+    TileStore.write(str(tmp_path), ["a"], [b"x"])  # no footprints: the map draws a default square
+    assert TileStore.load(str(tmp_path)).bounds("a") is None

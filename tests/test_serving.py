@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -63,6 +64,8 @@ def served(tmp_path_factory):
     GleamEncoder(ModelConfig(embedding_dim=32, image_size=48, panorama_size=[48, 96])).save_pretrained(checkpoint)
     samples = [make_sample(i, modality="uav", split="test", size=48) for i in range(16)]
     samples += [make_sample(100 + i, modality="satellite", split="test", size=48) for i in range(8)]
+    for sample in samples[16:]:  # these tiles say their footprint (the map draws the others 256 m wide)
+        sample.metadata["tile_size_m"] = 100.0
     data = str(root / "data")
     write_manifest(data, [write_part(data, "test", lambda: samples, ShardConfig(max_samples=10))], dataset="tiny")
     explainer = quick_explainer(root, samples)
@@ -196,6 +199,17 @@ def test_healthz_and_gallery(served):
     assert health["explainer"] is not None and health["languages"] == ["en", "zh"]
     gallery = httpx.get(served["url"] + "/v1/gallery", timeout=30).json()
     assert gallery["count"] == 24 and len(gallery["lat"]) == 24
+    # tile footprints from the samples' metadata (tile_size_m: a 100 m square), None where unknown
+    bounds = dict(zip(gallery["ids"], gallery["bounds"]))
+    for sample in served["samples"]:
+        if sample.modality != "satellite":
+            assert bounds[sample.location_id] is None
+            continue
+        lat_min, lon_min, lat_max, lon_max = bounds[sample.location_id]
+        assert abs((lat_min + lat_max) / 2 - sample.latitude) < 1e-9 and abs((lon_min + lon_max) / 2 - sample.longitude) < 1e-9
+        assert (lat_max - lat_min) * math.pi / 180 * 6_371_008.8 == pytest.approx(100.0, rel=1e-6)
+        assert (lon_max - lon_min) * math.pi / 180 * 6_371_008.8 * math.cos(math.radians(sample.latitude)) \
+            == pytest.approx(100.0, rel=1e-6)
 
 
 def test_localize_finds_a_gallery_tile_and_matches_direct_search(served):
@@ -321,8 +335,7 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
         try:
             page = browser.new_page()
             page.goto(served["url"] + "/")
-            page.wait_for_selector("circle.gallery-point", state="attached", timeout=30_000)
-            assert page.locator("circle.gallery-point").count() == 24
+            page.wait_for_selector("path.gallery-points[data-count='24']", state="attached", timeout=30_000)
             page.set_input_files("#image", str(upload))
             page.select_option("#modality", "satellite")
             page.fill("#top_k", "4")
@@ -334,7 +347,7 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
             assert cards.nth(0).get_attribute("data-id") == sample.location_id
             assert page.locator("circle.hit").count() == 4
             assert "P(top-1 correct)" in page.text_content("#status")
-            assert page.locator("circle.hit").first.get_attribute("data-id") == sample.location_id
+            assert page.locator("circle.hit[data-rank='1']").get_attribute("data-id") == sample.location_id
             # the tile image of the best candidate really loaded
             page.wait_for_function(  # images load after the cards appear
                 "() => { const img = document.querySelector('#results .card img');"
@@ -585,8 +598,7 @@ def test_web_page_sends_the_api_key(served, tmp_path):
             page.wait_for_function("document.querySelector('#error').textContent.includes('401')", timeout=30_000)
             page = browser.new_context().new_page()
             page.goto(strict(served, f"/?key={STRICT_KEY}"))
-            page.wait_for_selector("circle.gallery-point", state="attached", timeout=30_000)
-            assert page.locator("circle.gallery-point").count() == 24
+            page.wait_for_selector("path.gallery-points[data-count='24']", state="attached", timeout=30_000)
             assert "key=" not in page.url and page.input_value("#api_key") == STRICT_KEY
             page.set_input_files("#image", str(upload))
             page.select_option("#modality", "satellite")
@@ -631,3 +643,173 @@ def test_confidence_and_several_photos_of_one_place(served):
     np.testing.assert_allclose([c["score"] for c in best["candidates"]], np.sort(scores)[::-1][:4], atol=1e-5)
     refused = httpx.post(served["url"] + "/v1/localize/place", timeout=60, json={"images": encoded, "fusion": "median"})
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "fusion"
+
+
+MERCATOR_R = 6378137.0  # EPSG:3857 sphere radius: the page's map plane, recomputed here independently
+
+
+def mercator(lat: float, lon: float) -> tuple[float, float]:
+    """Web Mercator metres, y pointing south (as the page's SVG)."""
+    return MERCATOR_R * math.radians(lon), -MERCATOR_R * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
+
+
+def gps_jpeg(lat: float, lon: float) -> bytes:
+    """A small JPEG whose EXIF GPS block says (lat, lon) (north / east)."""
+    from PIL import Image
+
+    def dms(value: float) -> tuple[float, float, float]:
+        minutes = (value % 1) * 60
+        return float(int(value)), float(int(minutes)), round((minutes % 1) * 60, 4)
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8825).update({1: "N", 2: dms(lat), 3: "E", 4: dms(lon)})
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (90, 120, 150)).save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_web_page_map_draws_tiles_where_they_are_and_zooms(served, tmp_path):
+    """The map: the gallery's own tiles at their Web Mercator footprints (checked against an
+    independent projection and on screen), wheel / button / drag zoom and pan, regions, the
+    top-k and the query's place from the file name and from EXIF GPS."""
+    if CHROMIUM is None:
+        pytest.fail("Chromium is not installed: `apt-get install chromium` (./run.sh test does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    samples = {s.location_id: s for s in served["samples"]}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(served["url"] + "/")
+            page.wait_for_selector("image.tile", state="attached", timeout=30_000)
+            # two regions (the 16 UAV places and the 8 satellite-only tiles, 11 km apart); the
+            # view starts on the larger one, whose 16 tiles are all drawn
+            regions = page.locator("#map-region option").all_text_contents()
+            assert len(regions) == 4 and regions[-1] == "whole gallery", regions
+            assert "16 tiles" in regions[1] + regions[2] and "8 tiles" in regions[1] + regions[2], regions
+
+            def tiles() -> dict[str, dict]:
+                return {t["id"]: t for t in page.evaluate(
+                    """() => [...document.querySelectorAll('#map image.tile')].map(i => {
+                         const r = i.getBoundingClientRect();
+                         return {id: i.dataset.id, href: i.getAttribute('href'), x: +i.getAttribute('x'),
+                                 y: +i.getAttribute('y'), w: +i.getAttribute('width'), h: +i.getAttribute('height'),
+                                 sx: r.x, sy: r.y, sw: r.width, sh: r.height}; })""")}
+
+            shown = tiles()
+            assert sorted(shown) == sorted(f"loc{i:05d}" for i in range(16))
+            # every tile where its coordinates say: centre differences = Web Mercator differences
+            # (an equal-aspect plane), sizes = ground footprint (256 m default here) / cos(lat)
+            first = shown["loc00000"]
+            for tile_id, tile in shown.items():
+                sample = samples[tile_id]
+                assert tile["href"].endswith("v1/tiles/" + tile_id)
+                expected = np.subtract(mercator(sample.latitude, sample.longitude),
+                                       mercator(samples["loc00000"].latitude, samples["loc00000"].longitude))
+                centre = (tile["x"] + tile["w"] / 2 - first["x"] - first["w"] / 2,
+                          tile["y"] + tile["h"] / 2 - first["y"] - first["h"] / 2)
+                np.testing.assert_allclose(centre, expected, atol=0.05)
+                assert tile["w"] == pytest.approx(256 / math.cos(math.radians(sample.latitude)), rel=1e-9)
+                assert tile["h"] == pytest.approx(tile["w"], rel=1e-9)
+                # on screen: square, and a place further east / north is further right / up
+                assert tile["sw"] == pytest.approx(tile["sh"], abs=0.5) and tile["sw"] > 20
+                assert (tile["sx"] - first["sx"]) * (sample.longitude - samples["loc00000"].longitude) >= 0
+                assert (tile["sy"] - first["sy"]) * (sample.latitude - samples["loc00000"].latitude) <= 0
+            # the page's own exported projection agrees with the drawn tiles
+            centre = page.evaluate("gleamMap.project(%r, %r)" % (samples["loc00007"].latitude, samples["loc00007"].longitude))
+            assert centre == pytest.approx([shown["loc00007"]["x"] + shown["loc00007"]["w"] / 2,
+                                            shown["loc00007"]["y"] + shown["loc00007"]["h"] / 2], abs=1e-6)
+
+            def view() -> list[float]:
+                return [float(v) for v in page.get_attribute("#map", "viewBox").split()]
+
+            def under(px: float, py: float) -> tuple[float, float]:  # user point under a screen point
+                box, (x, y, w, h) = page.locator("#map").bounding_box(), view()
+                return x + (px - box["x"]) / box["width"] * w, y + (py - box["y"]) / box["height"] * h
+
+            # wheel: zooms in around the cursor (the point under it stays), tiles grow on screen
+            before = view()
+            box = page.locator("#map").bounding_box()
+            cx, cy = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.6
+            anchor = under(cx, cy)
+            page.mouse.move(cx, cy)
+            page.mouse.wheel(0, -400)
+            page.wait_for_function(f"+document.querySelector('#map').getAttribute('viewBox').split(' ')[2] < {before[2] * 0.8}")
+            page.wait_for_timeout(100)  # the next animation frame redraws the tiles
+            assert view()[2] < before[2] * 0.8 and under(cx, cy) == pytest.approx(anchor, abs=1e-3 * before[2])
+            zoomed = tiles()
+            assert zoomed and all(zoomed[i]["sw"] > 1.5 * shown[i]["sw"] for i in zoomed)  # e^0.8 = 2.2 times
+            # buttons: − doubles the viewBox, + halves it
+            width = view()[2]
+            page.click("#map-zoom-out")
+            assert view()[2] == pytest.approx(2 * width, rel=1e-6)
+            page.click("#map-zoom-in")
+            assert view()[2] == pytest.approx(width, rel=1e-6)
+            # drag: the map follows the mouse (a tile moves by the drag on screen)
+            page.wait_for_timeout(100)
+            tile_id, start = min(tiles().items(), key=lambda item: math.hypot(  # the one nearest the centre
+                item[1]["sx"] + item[1]["sw"] / 2 - box["x"] - box["width"] / 2,
+                item[1]["sy"] + item[1]["sh"] / 2 - box["y"] - box["height"] / 2))
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 120, cy + 40, steps=4)
+            page.mouse.up()
+            page.wait_for_timeout(100)
+            moved = tiles()[tile_id]
+            assert (moved["sx"] - start["sx"], moved["sy"] - start["sy"]) == pytest.approx((120, 40), abs=1.0)
+            # the region menu goes to the other region and draws its tiles (100 m footprints)
+            other = next(i for i, text in enumerate(regions) if "8 tiles" in text)
+            page.select_option("#map-region", str(other - 1))
+            page.wait_for_selector("#map image.tile[data-id='loc00100']", state="attached", timeout=10_000)
+            import httpx
+
+            bounds = dict(zip(*(lambda g: (g["ids"], g["bounds"]))(httpx.get(served["url"] + "/v1/gallery").json())))
+            satellite, (lat_min, lon_min, lat_max, lon_max) = tiles()["loc00103"], bounds["loc00103"]
+            # drawn over its stored footprint: the Mercator images of its corners
+            np.testing.assert_allclose([satellite["w"], satellite["h"]], np.subtract(
+                mercator(lat_min, lon_max), mercator(lat_max, lon_min)), rtol=1e-9)
+            assert satellite["h"] == pytest.approx(satellite["w"], rel=1e-6)  # 100 m x 100 m
+
+            # the query's place: from EXIF GPS, then from a file name naming a gallery tile
+            photo = tmp_path / "photo.jpg"
+            photo.write_bytes(gps_jpeg(47.0051, 8.4952))
+            page.set_input_files("#image", str(photo))
+            page.wait_for_function("document.querySelector('#place-note').textContent.includes('EXIF')", timeout=10_000)
+            assert float(page.input_value("#place-lat")) == pytest.approx(47.0051, abs=1e-6)
+            assert float(page.input_value("#place-lon")) == pytest.approx(8.4952, abs=1e-6)
+            query = samples["loc00003"]
+            named = tmp_path / "loc00003_uav.jpg"
+            named.write_bytes(query.query_image)
+            page.set_input_files("#image", str(named))
+            page.wait_for_function("document.querySelector('#place-note').textContent.includes('loc00003')",
+                                   timeout=10_000)
+            page.select_option("#modality", "uav")
+            page.fill("#top_k", "3")
+            page.uncheck("#explain")
+            page.click("#submit")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            page.wait_for_timeout(100)
+            ranks = page.evaluate("[...document.querySelectorAll('#map circle.hit')].map(c => [c.dataset.rank, c.dataset.id])")
+            ids = page.evaluate("[...document.querySelectorAll('#results .card')].map(c => c.dataset.id)")
+            assert sorted(ranks) == [[str(i + 1), tile] for i, tile in enumerate(ids)] and len(ids) == 3
+            # the view is on the best candidate's region, the query's place marked where it is
+            top = samples[ids[0]]
+            tx, ty = page.evaluate("gleamMap.project(%r, %r)" % (top.latitude, top.longitude))
+            x, y, w, h = view()
+            assert x < tx < x + w and y < ty < y + h
+            mark = page.get_attribute("#map .query-mark", "transform")
+            px, py = (float(v) for v in mark.split("translate(")[1].split(")")[0].split())
+            assert (px, py) == pytest.approx(page.evaluate("gleamMap.project(%r, %r)" % (query.latitude, query.longitude)),
+                                             abs=1e-6)
+            assert page.locator("#map line.query-link").count() == 1
+            assert "top-1 is" in page.text_content("#place-note")
+            assert errors == []
+            page.screenshot(path=str(served["root"] / "map.png"))
+        finally:
+            browser.close()

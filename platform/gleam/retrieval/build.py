@@ -3,8 +3,8 @@
 Embeds the split's satellite gallery with a Ray Data actor pool (``embed_gallery``), builds the
 faiss index (``GalleryIndex``) and writes it to ``output`` with ``config.yaml`` and
 ``report.json`` (count, dim, kind, timings, embeddings per second, read report), and with
-``tiles`` the encoded tile images (``tiles.parquet``, ``gleam.retrieval.tiles``) that serving
-shows and explains.
+``tiles`` the encoded tile images and their footprints (``tiles.parquet``,
+``gleam.retrieval.tiles``) that serving shows, explains and draws as the map's basemap.
 
 The gallery is the one the evaluation split's benchmark protocol names (``gleam.data.benchmark``:
 University-1652 / VIGOR test = the tiles of splits test + gallery).  With ``tta`` the tiles are
@@ -76,7 +76,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     if config.tiles:
         from gleam.retrieval.tiles import TileStore
 
-        TileStore.write(config.output, gallery.ids, gallery.images or [])
+        TileStore.write(config.output, gallery.ids, gallery.images or [], gallery.bounds)
     storage.write_json(storage.join(config.output, RETRIEVAL_FILE), {"tta": tta, "gallery_splits": splits})
     if calibrator is not None:
         from gleam.core.calibration import FILE

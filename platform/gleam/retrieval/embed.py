@@ -169,7 +169,14 @@ class GalleryEmbedStage:
                "longitude": batch["longitude"].astype(np.float64),
                "embedding": self.embedder.embed(images, "satellite")}
         if self.keep_images:
+            import json
+
+            from gleam.retrieval.tiles import tile_bounds
+
             out["image"] = batch["satellite"]  # the encoded tile, as stored in the shard
+            out["bounds"] = np.asarray([tile_bounds(json.loads(text) if text else {}, lat, lon) for text, lat, lon
+                                        in zip(batch["metadata"], batch["latitude"], batch["longitude"])],
+                                       dtype=np.float64).reshape(-1, 4)  # the tile's footprint, NaN unknown
         return out
 
 
@@ -201,7 +208,8 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | li
                     num_gpus_per_actor: float = 0.0, device: str = "auto",
                     keep_images: bool = False, tta: dict | None = None) -> tuple[Any, Any]:
     """The lazy Ray Dataset of gallery embeddings (columns location_id, latitude, longitude,
-    embedding [D] float32, and with ``keep_images`` the encoded tile as ``image``), one row per
+    embedding [D] float32, and with ``keep_images`` the encoded tile as ``image`` and its footprint
+    as ``bounds`` [4] (``gleam.retrieval.tiles.tile_bounds``)), one row per
     location, plus the ``SampleReader`` counting skipped samples.  Nothing runs until the
     dataset is consumed."""
     import ray
@@ -213,7 +221,8 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | li
         device = "cuda"
     reader = read_samples(source, split=split, decode=False)
     dataset = (reader.dataset
-               .select_columns(["location_id", "latitude", "longitude", "satellite"])
+               .select_columns(["location_id", "latitude", "longitude", "satellite"]
+                               + (["metadata"] if keep_images else []))
                # num_cpus=0: a counted CPU share here starves the read tasks on 2-core machines
                .map_batches(FirstPerLocation, batch_format="numpy", batch_size=None,
                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
@@ -238,6 +247,7 @@ class Gallery:
     read_report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     images: list[bytes] | None = None  # encoded tiles (``keep_images=True``)
+    bounds: np.ndarray | None = None  # [N, 4] tile footprints in degrees, NaN unknown (``keep_images=True``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -261,6 +271,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
                                       keep_images=keep_images, tta=tta)
     ids: list[str] = []
     images: list[bytes] = []
+    bounds: list[np.ndarray] = []
     latitudes, longitudes, embeddings = [], [], []
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         ids.extend(str(i) for i in batch["location_id"])
@@ -269,6 +280,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
         embeddings.append(np.asarray(batch["embedding"], dtype=np.float32))
         if keep_images:
             images.extend(bytes(image) for image in batch["image"])
+            bounds.append(np.asarray(batch["bounds"], dtype=np.float64).reshape(-1, 4))
     report = reader.report()
     report = {k: v for k, v in report.items() if k != "corrupt_samples"} | {
         "corrupt_examples": report["corrupt_samples"][:20]}
@@ -280,4 +292,5 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
                    longitudes=np.concatenate(longitudes)[order],
                    embeddings=np.ascontiguousarray(np.concatenate(embeddings)[order]),
                    read_report=report, seconds=time.perf_counter() - started,
-                   images=[images[i] for i in order] if keep_images else None)
+                   images=[images[i] for i in order] if keep_images else None,
+                   bounds=np.concatenate(bounds)[order] if keep_images else None)

@@ -176,8 +176,15 @@ class RetrieverImpl:
                 **confidence_of(self.calibrator, np.array([c["score"] for c in candidates]))}
 
     def gallery(self) -> dict[str, Any]:
+        """Ids, coordinates and tile footprints of the gallery (``bounds[i]``: ``[lat_min, lon_min,
+        lat_max, lon_max]`` in degrees, None when the index stores none), for the page's map."""
         return {"count": len(self.index), "ids": list(self.index.ids),
-                "lat": [json_coordinate(v) for v in self.index.lats], "lon": [json_coordinate(v) for v in self.index.lons]}
+                "lat": [json_coordinate(v) for v in self.index.lats], "lon": [json_coordinate(v) for v in self.index.lons],
+                "bounds": [_bounds(self.tiles.bounds(str(i))) for i in self.index.ids]}
+
+
+def _bounds(bounds: Any) -> list[float] | None:
+    return None if bounds is None else [round(float(v), 9) for v in bounds]
 
 
 class ExplainerImpl:
