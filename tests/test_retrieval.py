@@ -317,8 +317,9 @@ def test_job_configs_load():
     from gleam.retrieval.build import BuildIndexConfig
 
     config = load_config(BuildIndexConfig, os.path.join(ROOT, "configs", "build-index-local.yaml"))
-    assert (config.checkpoint, config.source, config.split, config.output) == (
-        "runs/gleam-c-local/final", "data/synth", "test", "runs/index-local")
+    assert (config.checkpoint, config.source, config.split, config.output) == (  # paths resolved on load
+        os.path.abspath("runs/gleam-c-local/final"), os.path.abspath("data/synth"), "test",
+        os.path.abspath("runs/index-local"))
     assert config.index.kind == "auto" and config.ray.num_workers == 1
     batch = load_config(LocalizeBatchConfig, None, ["input=s3://b/photos", "modality=uav", "top_k=3"])
     assert batch.kind == "localize_batch" and batch.top_k == 3
