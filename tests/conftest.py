@@ -83,3 +83,14 @@ def ray_session(s3_server):
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny matrices: one thread avoids OpenMP barrier stalls on a busy 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

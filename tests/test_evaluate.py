@@ -23,13 +23,7 @@ BERN = (46.9480, 7.4474)
 THRESHOLDS_M = (25.0, 50.0, 100.0, 500.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny matrices: one thread avoids OpenMP barrier stalls on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # conftest: one torch thread
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,12 +16,7 @@ from gleam.core.evaluate import (EvaluationEmbeddings, FusionConfig, evaluate_re
 from gleam.core.rerank import RerankConfig, alpha_query_expansion, apply_rerank, database_side_augmentation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # conftest: one torch thread
 
 
 def unit(rng, count, dim=8):

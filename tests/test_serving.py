@@ -25,6 +25,14 @@ from conftest import free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
+
+def launch_chromium(playwright):
+    """The system Chromium, headless, with no background traffic (the page tests' browser)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+
 pytestmark = pytest.mark.slow
 STRICT_KEY = "k3y-for-the-strict-app"
 
@@ -328,10 +336,7 @@ def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):
     upload = tmp_path / "tile.jpg"
     upload.write_bytes(sample.satellite_image)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.goto(served["url"] + "/")
@@ -590,8 +595,7 @@ def test_web_page_sends_the_api_key(served, tmp_path):
     upload = tmp_path / "tile.jpg"
     upload.write_bytes(sample.satellite_image)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_context().new_page()
             page.goto(strict(served, "/"))
@@ -678,10 +682,7 @@ def test_web_page_map_draws_tiles_where_they_are_and_zooms(served, tmp_path):
 
     samples = {s.location_id: s for s in served["samples"]}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
