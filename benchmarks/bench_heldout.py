@@ -54,6 +54,15 @@ VARIANTS: dict[str, list[str]] = {
     "pretrained_T1": PRETRAINED + ["model.logit_scale_init=0.0"],
     "pretrained_batchstats": PRETRAINED[:2] + ["model.batchnorm=batch", "model.logit_scale_init=2.659"],
     "pretrained_lr3e-4": PRETRAINED + ["model.logit_scale_init=2.659", "phase.lr=0.0003"],
+    # stem + first k stages frozen (model.frozen_stages): cheaper backward, ImageNet low-level features kept
+    "pretrained_frozen2": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=2"],
+    "pretrained_frozen3": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=3"],
+    "pretrained_frozen4": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=4"],
+    "pretrained_lr1e-4": PRETRAINED + ["model.logit_scale_init=2.659", "phase.lr=0.0001"],
+    "pretrained_frozen3_lr3e-4": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=3",
+                                               "phase.lr=0.0003"],
+    "pretrained_frozen3_lr1e-4": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=3",
+                                               "phase.lr=0.0001"],
     "scratch": ["model.backbone=convnext_atto", "model.pretrained=null", "model.logit_scale_init=0.0"],
     "scratch_lite0": ["model.backbone=tf_efficientnet_lite0", "model.pretrained=null", "model.batchnorm=batch",
                       "model.logit_scale_init=0.0"],
@@ -268,7 +277,8 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
     rows = train_set.query_rows()
     index = _sub_index(train_set, rows)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=phase.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=phase.lr,
+                                  weight_decay=config.optim.weight_decay)
     scheduler = cosine_with_warmup(optimizer, spec["steps"], phase.warmup_steps, phase.min_lr_ratio)
     rng = np.random.default_rng(spec["seed"])
     losses, curve, held_out_curve, step, epoch = [], [], [], 0, 0

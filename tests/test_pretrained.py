@@ -82,6 +82,35 @@ def test_encoder_starts_from_packaged_weights_with_frozen_batchnorm():
         GleamEncoder(ModelConfig(backbone="convnext_atto", pretrained="efficientnet_lite0"))
 
 
+def test_frozen_stages_train_only_the_later_stages():
+    """Stem + first k stages: no gradients, unchanged by an optimizer step, eval mode (BatchNorm
+    statistics and all) even with live BatchNorm; the later stages and the head still learn."""
+    config = ModelConfig(backbone="tf_efficientnet_lite0", pretrained="efficientnet_lite0", embedding_dim=16,
+                         image_size=64, panorama_size=[64, 128], batchnorm="batch", frozen_stages=3)
+    encoder = GleamEncoder(config)
+    names = {name for name, p in encoder.backbone.named_parameters() if not p.requires_grad}
+    assert names == {name for name, _ in encoder.backbone.named_parameters()
+                     if name.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2."))}
+    frozen_bn = encoder.backbone.blocks[2][0].bn1
+    live_bn = encoder.backbone.blocks[3][0].bn1
+    assert not frozen_bn.training and live_bn.training and not encoder.backbone.blocks[1].training
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    stats = frozen_bn.running_mean.clone()
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
+    encoder(torch.randn(4, 3, 64, 64)).sum().backward()
+    assert all(p.grad is None for name, p in encoder.backbone.named_parameters() if name in names)
+    optimizer.step()
+    after = dict(encoder.named_parameters())
+    assert all(torch.equal(after[name], before[name]) for name in before if name.removeprefix("backbone.") in names)
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    assert not torch.equal(after["backbone.blocks.5.0.conv_pw.weight"], before["backbone.blocks.5.0.conv_pw.weight"])
+    assert torch.equal(frozen_bn.running_mean, stats) and encoder.train() is encoder and not frozen_bn.training
+    assert len([p for p in GleamEncoder(ModelConfig(**{**config.__dict__, "frozen_stages": 0})).parameters()
+                if not p.requires_grad]) == 0
+    with pytest.raises(ValueError, match=r"frozen_stages: 8 is out of range .* 0 \(train everything\) to 7"):
+        GleamEncoder(ModelConfig(**{**config.__dict__, "frozen_stages": 8}))
+
+
 def test_missing_package_names_the_pip_command(monkeypatch):
     from gleam.core import pretrained
 

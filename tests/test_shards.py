@@ -105,6 +105,20 @@ def test_resume_rewrites_a_part_whose_shard_was_damaged(tmp_path):
     assert manifest_again == manifest
 
 
+def test_a_skipped_part_returns_its_recorded_details_without_regenerating(tmp_path):
+    calls = []
+
+    def samples():
+        calls.append("samples")
+        return [make_sample(0, "uav", "train")]
+
+    config = ShardConfig(max_samples=2)
+    first = write_part(str(tmp_path), "a", samples, config, details=lambda: {"spread": {"w1": len(calls)}})
+    again = write_part(str(tmp_path), "a", samples, config, details=lambda: {"spread": {"never": 0}})
+    assert not first.skipped and again.skipped and calls == ["samples"]
+    assert first.details == again.details == {"spread": {"w1": 1}}
+
+
 # --------------------------------------------------------------------------- corruption
 
 

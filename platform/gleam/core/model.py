@@ -35,6 +35,11 @@ class ModelConfig:
     # mode, affine parameters still learn); "batch" normalises with each forward's own statistics
     # (one forward per image shape in a mixed batch). LayerNorm backbones ignore it.
     batchnorm: Literal["frozen", "batch"] = "frozen"
+    # Freeze the stem and the first k stages (timm's coarse parameter groups, in forward order:
+    # for EfficientNet-Lite the stem then blocks.0 .. blocks.6): no gradients, BatchNorm in eval
+    # mode. 0 trains everything. Low-level pretrained features transfer as they are and the
+    # backward pass skips the high-resolution layers (measured in benchmarks/bench_heldout.py).
+    frozen_stages: int = 0
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {dynamic_img_size: true} for ViTs
     embedding_dim: int | None = 256  # projection head output; None: backbone features as they are
     image_size: int = 128  # square views: satellite, uav, streetmap, ground
@@ -98,18 +103,50 @@ class GleamEncoder(nn.Module):
         self.embedding_dim = config.embedding_dim or features
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)),
                                         requires_grad=config.learn_logit_scale)
+        self.frozen_modules = self._freeze_stages(config.frozen_stages)
         self.train()  # applies the batchnorm policy from the start
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(images)), dim=-1)
 
+    def _freeze_stages(self, stages: int) -> list[nn.Module]:
+        """Stop gradients to the stem and the first ``stages`` stages; returns their modules.
+
+        Stages are timm's coarse parameter groups (``model.group_matcher(coarse=True)``), so the
+        same setting works for any timm backbone that defines them. Raises ``ValueError`` when
+        ``stages`` is negative or not below the number of groups (something must still train).
+        """
+        if stages == 0:
+            return []
+        from timm.models import group_parameters
+
+        if not hasattr(self.backbone, "group_matcher"):
+            raise ValueError(f"model.frozen_stages: timm backbone '{self.config.backbone}' does not "
+                             "define its stages (no group_matcher); set model.frozen_stages: 0")
+        groups = list(group_parameters(self.backbone, self.backbone.group_matcher(coarse=True)).values())
+        if not 0 <= stages < len(groups):
+            raise ValueError(f"model.frozen_stages: {stages} is out of range for '{self.config.backbone}': "
+                             f"0 (train everything) to {len(groups) - 1} (stem and {len(groups) - 2} stages; "
+                             "the last stage always trains)")
+        frozen = {name for group in groups[:stages + 1] for name in group}  # the stem is group 0
+        for name, parameter in self.backbone.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
+        # every module whose parameters are all frozen (blocks with their drop-path/dropout too)
+        return [module for module in self.backbone.modules()
+                if any(True for _ in module.parameters()) and not any(p.requires_grad for p in module.parameters())]
+
     def train(self, mode: bool = True) -> "GleamEncoder":
-        """``nn.Module.train``, keeping BatchNorm layers in eval mode when ``batchnorm: frozen``."""
+        """``nn.Module.train``, keeping BatchNorm layers in eval mode when ``batchnorm: frozen``
+        and every layer of the frozen stages (``frozen_stages``) in eval mode always."""
         super().train(mode)
         if mode and self.config.batchnorm == "frozen":
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if mode:
+            for module in getattr(self, "frozen_modules", []):
+                module.eval()
         return self
 
     def data_config(self) -> dict[str, Any]:

@@ -321,7 +321,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                              f"of {config.train.global_batch}")
         carried = optimizer is not None and "optimizer" in phase.carry_over
         if not carried:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr,
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=phase.lr,
                                           weight_decay=config.optim.weight_decay)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = phase.lr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -138,17 +139,21 @@ def part_locations(synth: SynthConfig, part: PartSpec) -> list[tuple[Any, Any]]:
     return out + [(spill, loc) for loc in take(spill, last)[first:last]]
 
 
-def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Iterator[Sample]:
-    """Render every sample of ``part``."""
+def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int,
+                 spread: Counter[str] | None = None) -> Iterator[Sample]:
+    """Render every sample of ``part``; ``spread`` (if given) counts its locations per world."""
+    located = part_locations(synth, part)
+    if spread is not None:
+        spread.update(world.world_id for world, _ in located)
     if part.distractors:
-        for world, tile in part_locations(synth, part):
+        for world, tile in located:
             yield Sample(key=f"{part.split}-{tile.location_id}-satellite", location_id=tile.location_id,
                          modality=SATELLITE_ONLY, query_image=None,
                          satellite_image=encode_jpeg(world.render_satellite(tile, size=synth.image_size), jpeg_quality),
                          latitude=tile.lat, longitude=tile.lon, split=part.split, source=SOURCE,
                          metadata={**_location_metadata(world, tile, synth), "distractor": True})
         return
-    for world, location in part_locations(synth, part):
+    for world, location in located:
         satellite = encode_jpeg(world.render_satellite(location, size=synth.image_size), jpeg_quality)
         facts = world.scene_facts(location)
         for modality in synth.modalities:
@@ -167,15 +172,18 @@ def part_samples(synth: SynthConfig, part: PartSpec, jpeg_quality: int) -> Itera
 
 
 def _write_part_task(config: MakeShardsConfig, part: PartSpec) -> dict[str, Any]:
+    spread: Counter[str] = Counter()
     record = shards.write_part(config.output, part.name,
-                               lambda: part_samples(config.synth, part, config.shards.jpeg_quality),
-                               config.shards, resume=config.resume)
-    spread: dict[str, int] = {}
-    for world, _ in part_locations(config.synth, part):
-        spread[world.world_id] = spread.get(world.world_id, 0) + 1
+                               lambda: part_samples(config.synth, part, config.shards.jpeg_quality, spread),
+                               config.shards, resume=config.resume,
+                               details=lambda: {"spread": dict(sorted(spread.items()))})
+    if "spread" in record.details:  # a resumed part reports what its record says, without re-placing
+        spread = Counter(record.details["spread"])
+    else:  # a record from before spreads were recorded
+        spread = Counter(world.world_id for world, _ in part_locations(config.synth, part))
     return {"part": part.name, "skipped": record.skipped, "samples": record.samples,
             "seconds": record.seconds, "record": record.to_json(), "split": part.split,
-            "distractors": part.distractors, "spread": spread}
+            "distractors": part.distractors, "spread": dict(spread)}
 
 
 def spread_report(results: list[dict[str, Any]]) -> dict[str, Any]:

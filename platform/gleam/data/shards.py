@@ -59,18 +59,20 @@ class PartRecord:
     shards: list[ShardInfo]
     skipped: bool = False  # True when a re-run found the part complete and verified
     seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)  # the writer's own facts (JSON), kept on resume
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
     def to_json(self) -> dict[str, Any]:
-        return {"part": self.part, "shards": [asdict(s) for s in self.shards], "seconds": self.seconds}
+        return {"part": self.part, "shards": [asdict(s) for s in self.shards], "seconds": self.seconds,
+                "details": self.details}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PartRecord":
         return cls(part=data["part"], shards=[ShardInfo(**s) for s in data["shards"]],
-                   seconds=data.get("seconds", 0.0))
+                   seconds=data.get("seconds", 0.0), details=data.get("details", {}))
 
 
 @dataclass
@@ -204,11 +206,13 @@ def load_part_record(output_url: str, prefix: str, part: str, verify: bool = Tru
 
 
 def write_part(output_url: str, part: str, make_samples: Callable[[], Iterable[Sample]],
-               config: ShardConfig, resume: bool = True) -> PartRecord:
+               config: ShardConfig, resume: bool = True,
+               details: Callable[[], dict[str, Any]] | None = None) -> PartRecord:
     """Write one part's shards and its record, or skip it when a verified record exists.
 
     ``make_samples`` is called only when the part must be (re)written, so a resumed job does
-    not regenerate finished work.
+    not regenerate finished work.  ``details()`` (called after the samples are written) is
+    stored in the record as ``details`` and comes back with a skipped part's record.
     """
     if resume:
         existing = load_part_record(output_url, config.prefix, part)
@@ -220,7 +224,8 @@ def write_part(output_url: str, part: str, make_samples: Callable[[], Iterable[S
     storage.remove_stale_temporaries(output_url, f"{config.prefix}-{part}-")
     infos = write_shards(make_samples(), output_url, part, config)
     _remove_leftover_shards(output_url, config.prefix, part, keep={i.name for i in infos})
-    record = PartRecord(part=part, shards=infos, seconds=round(time.perf_counter() - started, 3))
+    record = PartRecord(part=part, shards=infos, seconds=round(time.perf_counter() - started, 3),
+                        details=details() if details else {})
     storage.write_json(part_record_url(output_url, config.prefix, part), record.to_json())
     return record
 
