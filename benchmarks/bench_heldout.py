@@ -42,6 +42,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "platform"))
 
+from gleam.data.benchmark import RowSelection  # noqa: E402  (Ray-free: this benchmark runs without Ray)
+
 MODALITIES = ["uav", "streetmap", "panorama", "ground"]
 BIOMES = ["temperate", "arid", "tropical", "nordic-winter"]
 
@@ -146,8 +148,9 @@ def spread_subset(data: dict[str, Any], count: int) -> dict[str, Any]:
     return {k: (v[keep] if isinstance(v, np.ndarray) and v.ndim and len(v) == total else v) for k, v in data.items()}
 
 
-class ArraySet:
-    """The ``TrainingSet`` interface over in-memory arrays: row = (location, view)."""
+class ArraySet(RowSelection):
+    """The ``TrainingSet`` interface over in-memory arrays: row = (location, view); the query and
+    gallery rows are chosen by ``TrainingSet``'s own ``RowSelection`` (no evaluation protocol)."""
 
     def __init__(self, data: dict[str, Any], modalities: list[str], distractors: bool = False):
         self.data = data
@@ -165,21 +168,14 @@ class ArraySet:
                 lat.append(float(data["distractor_lat"][j]))
                 lon.append(float(data["distractor_lon"][j]))
         self.latitudes, self.longitudes = np.array(lat), np.array(lon)
+        self.splits = [""] * len(self.rows)
+        self.distractors = distractors
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def nbytes(self) -> int:
         return int(sum(v.nbytes for k, v in self.data.items() if k in MODALITIES or k.endswith("satellite")))
-
-    def query_rows(self) -> np.ndarray:
-        return np.array([r for r, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
-
-    def gallery_rows(self) -> np.ndarray:
-        first: dict[str, int] = {}
-        for row, location in enumerate(self.location_ids):
-            first.setdefault(location, row)
-        return np.array(sorted(first.values()), dtype=np.int64)
 
     def fetch(self, rows, query: bool = True, satellite: bool = True) -> list[dict[str, Any]]:
         out = []
@@ -298,6 +294,8 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
                 views = _retrieval(encoder, test_set, device, mean, std, located=False)["views"]
                 held_out_curve.append({"step": step, "seconds": round(time.perf_counter() - train_started, 1),
                                        "R@1": {view: round(m["R@1"], 2) for view, m in views.items()}})
+                print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}: held-out R@1 "
+                      + " ".join(f"{v} {r:.1f}" for v, r in held_out_curve[-1]["R@1"].items()), flush=True)
         curve.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-len(plan):]))})
         epoch += 1
     train_seconds = time.perf_counter() - train_started

@@ -42,11 +42,14 @@ def test_dataset_counts_facts_and_determinism(ray_session, tmp_path):
 def test_rerun_skips_complete_parts_and_rewrites_damaged_ones(ray_session, tmp_path):
     output = str(tmp_path / "ds")
     manifest = make_shards(small_config(output))
+    first_spread = json.loads((tmp_path / "ds" / "make_shards_report.json").read_text())["spread"]
+    assert first_spread["train"]["locations"]["total"] == 6
     victim = tmp_path / "ds" / manifest["shards"][0]["name"]
     victim.write_bytes(b"garbage")
     again = make_shards(small_config(output))
     report = json.loads((tmp_path / "ds" / "make_shards_report.json").read_text())
     assert report["parts_written"] == 1 and report["parts_skipped"] == len(plan_parts(small_config(output).synth)) - 1
+    assert report["spread"] == first_spread  # skipped parts report the spread their records hold
     assert again == manifest
     victim.unlink()
     victim.mkdir()  # the part's shard cannot be published: its task raises, the others finish

@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from gleam.data.schema import SPLITS
 
 __all__ = ["EvaluationProtocol", "TOP1_PERCENT_RULES", "default_protocol", "protocol_for", "read_protocols"]
@@ -108,3 +110,42 @@ def protocol_for(source: str | list[str], split: str) -> EvaluationProtocol:
 
     protocols = read_protocols(read_manifest(source))
     return protocols.get(split) or default_protocol(split)
+
+
+class RowSelection:
+    """Which rows of an evaluation set are queries and which form the gallery.
+
+    Mixed into ``gleam.data.pipeline.TrainingSet`` and any other row-addressed set (the held-out
+    benchmark's in-memory arrays) that has per-row ``location_ids``, ``modalities`` and ``splits``
+    lists, a ``protocol`` (``EvaluationProtocol`` or None) and a ``distractors`` flag. Needs no Ray.
+    """
+
+    location_ids: list[str]
+    modalities: list[str]
+    splits: list[str]
+    protocol: Any = None
+    distractors: bool = True
+
+    def query_rows(self) -> np.ndarray:
+        """Rows that have a query view (not satellite-only distractors); with an evaluation
+        protocol, those of its query splits and query modalities."""
+        protocol = self.protocol
+        if protocol is None:
+            return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
+        splits, views = set(protocol.query_splits), protocol.query_modalities
+        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
+                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
+
+    def gallery_rows(self) -> np.ndarray:
+        """One row per distinct location: its satellite tile (distractors included); with an
+        evaluation protocol, the tiles of its gallery splits (only those of locations with a query
+        when the set was built with ``include_distractors=False``)."""
+        first: dict[str, int] = {}
+        splits = None if self.protocol is None else set(self.protocol.gallery_splits)
+        for row, location in enumerate(self.location_ids):
+            if splits is None or self.splits[row] in splits:
+                first.setdefault(location, row)
+        if self.protocol is not None and not self.distractors:
+            queried = {self.location_ids[r] for r in self.query_rows()}
+            first = {location: row for location, row in first.items() if location in queried}
+        return np.array(sorted(first.values()), dtype=np.int64)

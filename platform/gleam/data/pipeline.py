@@ -32,6 +32,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from gleam import storage
 from gleam.data import shards
+from gleam.data.benchmark import RowSelection
 from gleam.data.schema import Sample
 
 ROWS_PER_BLOCK = 64
@@ -233,7 +234,7 @@ def _index_block(table: Any) -> dict[str, list[Any]]:
     return {name: table.column(name).to_pylist() for name in INDEX_COLUMNS}
 
 
-class TrainingSet:
+class TrainingSet(RowSelection):
     """Preprocessed samples held in Ray's object store, fetchable by row number from any worker.
 
     Built once per run from shards (Ray Data: tolerant read -> decode -> resize per modality ->
@@ -272,30 +273,6 @@ class TrainingSet:
     def read_summary(self) -> dict[str, Any]:
         """The read report without the per-sample list (for run summaries)."""
         return {k: v for k, v in self.read_report.items() if k != "corrupt_samples"}
-
-    def query_rows(self) -> np.ndarray:
-        """Rows that have a query view (not satellite-only distractors); with an evaluation
-        protocol, those of its query splits and query modalities."""
-        protocol = self.protocol
-        if protocol is None:
-            return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
-        splits, views = set(protocol.query_splits), protocol.query_modalities
-        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
-                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
-
-    def gallery_rows(self) -> np.ndarray:
-        """One row per distinct location: its satellite tile (distractors included); with an
-        evaluation protocol, the tiles of its gallery splits (only those of locations with a query
-        when the set was built with ``include_distractors=False``)."""
-        first: dict[str, int] = {}
-        splits = None if self.protocol is None else set(self.protocol.gallery_splits)
-        for row, location in enumerate(self.location_ids):
-            if splits is None or self.splits[row] in splits:
-                first.setdefault(location, row)
-        if self.protocol is not None and not self.distractors:
-            queried = {self.location_ids[r] for r in self.query_rows()}
-            first = {location: row for location, row in first.items() if location in queried}
-        return np.array(sorted(first.values()), dtype=np.int64)
 
     def reverse_gallery_rows(self) -> np.ndarray:
         """Query-view rows ranked by the tiles in satellite->query: the protocol's reverse
