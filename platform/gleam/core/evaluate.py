@@ -54,6 +54,7 @@ import torch
 from gleam.config import InputPath, OutputPath
 from gleam.core.rerank import RerankConfig
 from gleam.core.tta import TTAConfig
+from gleam.data.benchmark import TOP1_PERCENT_RULES
 
 __all__ = ["FORWARD", "REVERSE", "QueryRanking", "evaluate_retrieval", "haversine_m", "rank_queries",
            "retrieval_metrics", "summarise", "top1_percent_k", "top_k"]
@@ -394,7 +395,6 @@ def haversine_m(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLi
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(half_chord, 0.0, 1.0)))
 
 
-TOP1_PERCENT_RULES = {"round": "max(1, floor(G/100 + 0.5))", "floor": "max(1, G // 100)"}
 DEFAULT_DISTANCE_KS = (1, 5, 10)
 
 
@@ -792,28 +792,12 @@ def embed_evaluation_set(model: torch.nn.Module, dataset, batch_size: int, devic
     embeds a share, every rank gets all), with test-time augmentation ``tta`` (``TTAConfig``)."""
     import time
 
-    from gleam.core.train import _gather_rows
-    from gleam.core.tta import encode_with_tta
+    from gleam.core.train import distributed_embed
 
     started = time.perf_counter()
 
-    @torch.no_grad()
     def embed(rows: np.ndarray, view: str) -> np.ndarray:
-        positions = [np.arange(r, len(rows), world) for r in range(world)]
-        mine_rows = rows[positions[rank]]
-        was_training = model.training
-        model.eval()
-        out = []
-        for start in range(0, len(mine_rows), batch_size):
-            items = dataset.fetch(mine_rows[start:start + batch_size], query=view == "query",
-                                  satellite=view == "satellite")
-            kinds = [item["modality"] if view == "query" else "satellite" for item in items]
-            out.append(encode_with_tta(model, [item[view] for item in items], kinds, device, mean, std, tta)
-                       .float().cpu().numpy())
-        model.train(was_training)
-        dim = getattr(model, "embedding_dim", None) or getattr(getattr(model, "module", None), "embedding_dim", 0)
-        mine = np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-        return _gather_rows(mine, positions)
+        return distributed_embed(model, dataset, rows, view, batch_size, device, mean, std, rank, world, tta)
 
     query_rows, gallery_rows = dataset.query_rows(), dataset.gallery_rows()
     if len(query_rows) == 0:

@@ -145,7 +145,7 @@ class GleamEncoder(nn.Module):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         if mode:
-            for module in getattr(self, "frozen_modules", []):
+            for module in self.frozen_modules:
                 module.eval()
         return self
 

@@ -106,14 +106,21 @@ def encode_images(model: torch.nn.Module, images: list[np.ndarray], device: torc
 
 @torch.no_grad()
 def embed_rows(model: torch.nn.Module, dataset: Any, rows: np.ndarray, view: str, batch_size: int,
-               device: torch.device, mean: tuple, std: tuple) -> np.ndarray:
-    """Embeddings of ``rows`` of a TrainingSet; ``view`` is "query" or "satellite"."""
+               device: torch.device, mean: tuple, std: tuple, tta: Any = None) -> np.ndarray:
+    """Embeddings of ``rows`` of a TrainingSet; ``view`` is "query" or "satellite"; ``tta``
+    (``gleam.core.tta.TTAConfig``) averages flipped / rescaled variants. The model's train/eval
+    mode is restored afterwards."""
+    from gleam.core.tta import encode_with_tta
+
+    was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(rows), batch_size):
         items = dataset.fetch(rows[start:start + batch_size], query=view == "query", satellite=view == "satellite")
-        out.append(encode_images(model, [item[view] for item in items], device, mean, std).float().cpu().numpy())
-    model.train()
+        kinds = [item["modality"] if view == "query" else "satellite" for item in items]
+        out.append(encode_with_tta(model, [item[view] for item in items], kinds, device, mean, std, tta)
+                   .float().cpu().numpy())
+    model.train(was_training)
     dim = getattr(model, "embedding_dim", None) or getattr(getattr(model, "module", None), "embedding_dim", 0)
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
@@ -134,10 +141,10 @@ def _gather_rows(array: np.ndarray, rank_rows: list[np.ndarray]) -> np.ndarray:
 
 
 def distributed_embed(model, dataset, rows: np.ndarray, view: str, batch_size: int, device, mean, std,
-                      rank: int, world: int) -> np.ndarray:
+                      rank: int, world: int, tta: Any = None) -> np.ndarray:
     """Each rank embeds every world-th row; everyone gets all embeddings in row order."""
     positions = [np.arange(r, len(rows), world) for r in range(world)]
-    mine = embed_rows(model, dataset, rows[positions[rank]], view, batch_size, device, mean, std)
+    mine = embed_rows(model, dataset, rows[positions[rank]], view, batch_size, device, mean, std, tta)
     return _gather_rows(mine, positions)
 
 

@@ -36,7 +36,8 @@ from gleam.data.schema import SPLITS
 
 __all__ = ["EvaluationProtocol", "TOP1_PERCENT_RULES", "default_protocol", "protocol_for", "read_protocols"]
 
-TOP1_PERCENT_RULES = ("round", "floor")
+# k of R@top1% for a gallery of G items, by rule (gleam.core.evaluate.top1_percent_k computes it)
+TOP1_PERCENT_RULES = {"round": "max(1, floor(G/100 + 0.5))", "floor": "max(1, G // 100)"}
 
 
 @dataclass
@@ -126,15 +127,24 @@ class RowSelection:
     protocol: Any = None
     distractors: bool = True
 
+    def _query_view_rows(self, splits: list[str] | None) -> np.ndarray:
+        """Rows with a query view (not satellite-only tiles), of ``splits`` and the protocol's
+        query modalities (``splits=None``: every row with a query view)."""
+        wanted = None if splits is None else set(splits)
+        views = None if self.protocol is None else self.protocol.query_modalities
+        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
+                         if m != "satellite" and (wanted is None or s in wanted) and (views is None or m in views)],
+                        dtype=np.int64)
+
     def query_rows(self) -> np.ndarray:
         """Rows that have a query view (not satellite-only distractors); with an evaluation
         protocol, those of its query splits and query modalities."""
-        protocol = self.protocol
-        if protocol is None:
-            return np.array([i for i, m in enumerate(self.modalities) if m != "satellite"], dtype=np.int64)
-        splits, views = set(protocol.query_splits), protocol.query_modalities
-        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
-                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
+        return self._query_view_rows(None if self.protocol is None else self.protocol.query_splits)
+
+    def reverse_gallery_rows(self) -> np.ndarray:
+        """Query-view rows ranked by the tiles in satellite->query: the protocol's reverse
+        gallery splits (University-1652: gallery_drone), else the queries themselves."""
+        return self._query_view_rows(None if self.protocol is None else self.protocol.reverse_gallery_splits)
 
     def gallery_rows(self) -> np.ndarray:
         """One row per distinct location: its satellite tile (distractors included); with an

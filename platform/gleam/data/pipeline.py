@@ -274,15 +274,6 @@ class TrainingSet(RowSelection):
         """The read report without the per-sample list (for run summaries)."""
         return {k: v for k, v in self.read_report.items() if k != "corrupt_samples"}
 
-    def reverse_gallery_rows(self) -> np.ndarray:
-        """Query-view rows ranked by the tiles in satellite->query: the protocol's reverse
-        gallery splits (University-1652: gallery_drone), else the queries themselves."""
-        if self.protocol is None:
-            return self.query_rows()
-        splits, views = set(self.protocol.reverse_gallery_splits), self.protocol.query_modalities
-        return np.array([i for i, (m, s) in enumerate(zip(self.modalities, self.splits))
-                         if m != "satellite" and s in splits and (views is None or m in views)], dtype=np.int64)
-
     def reverse_query_mask(self, gallery_rows: np.ndarray) -> np.ndarray | None:
         """Which gallery tiles are satellite->query queries (``None``: all of them)."""
         if self.protocol is None or self.protocol.reverse_queries == "all_tiles":

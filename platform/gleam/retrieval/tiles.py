@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gleam import storage
+from gleam.core.evaluate import EARTH_RADIUS_M  # IUGG mean radius, for the metre -> degree conversion
 
 TILES_NAME = "tiles.parquet"
 BOUNDS_COLUMNS = ("lat_min", "lon_min", "lat_max", "lon_max")
-EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG), for the metre -> degree conversion below
 NO_BOUNDS = (math.nan, math.nan, math.nan, math.nan)
 
 Bounds = tuple[float, float, float, float]

@@ -60,10 +60,11 @@ def load_retrieval_extras(index: str) -> dict[str, Any]:
     (``calibration.json``); absent files mean none."""
     from gleam import storage
     from gleam.core.calibration import FILE, Calibrator
+    from gleam.retrieval.build import RETRIEVAL_FILE
 
     extras: dict[str, Any] = {"tta": None, "calibrator": None}
-    if storage.exists(storage.join(index, "retrieval.json")):
-        extras["tta"] = storage.read_json(storage.join(index, "retrieval.json")).get("tta")
+    if storage.exists(storage.join(index, RETRIEVAL_FILE)):
+        extras["tta"] = storage.read_json(storage.join(index, RETRIEVAL_FILE)).get("tta")
     if storage.exists(storage.join(index, FILE)):
         extras["calibrator"] = Calibrator.from_json(storage.read_json(storage.join(index, FILE)))
     return extras
@@ -114,7 +115,7 @@ class RetrieverImpl:
                 continue
             k = max(items[p][2] for p in rows)
             try:
-                hits = self.index.search(np.stack([rows[p] for p in rows]), max(k, 2) if self.calibrator is not None else k)
+                hits = self.index.search(np.stack([rows[p] for p in rows]), self._search_depth(k))
             except Exception as error:  # the index failed for the whole group: each item says so
                 for position in rows:
                     results[position] = item_error(500, "index", f"search failed ({type(error).__name__}: "
@@ -154,12 +155,16 @@ class RetrieverImpl:
                 rows[position] = vector
         return rows
 
+    def _search_depth(self, k: int) -> int:
+        """Hits to fetch for a top-``k`` answer: at least 2 with a calibrator (it reads the margin)."""
+        return max(k, 2) if self.calibrator is not None else k
+
     def localize_fused(self, images: list[np.ndarray], modality: str, k: int, method: str) -> dict[str, Any]:
         """Several images of one place -> one ranking (multi-query fusion, gleam.core.evaluate.FusionConfig):
         ``mean`` searches the normalised mean embedding; ``max`` scores a tile by its best similarity to
         any image (exact: a tile of the fused top-k is in the top-k of the image it scores best with)."""
         embeddings = self.embedder.embed(images, modality)
-        depth = max(k, 2) if self.calibrator is not None else k
+        depth = self._search_depth(k)
         if method == "mean":
             fused = embeddings.sum(axis=0, keepdims=True)
             hits = self.index.search(fused / np.linalg.norm(fused), depth)
