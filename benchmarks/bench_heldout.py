@@ -2,7 +2,7 @@
 
     python benchmarks/bench_heldout.py [--train-locations 384 1536] [--variants pretrained scratch]
         [--steps 600] [--batch 64] [--image-size 96] [--heldout 256] [--distractors 256]
-        [--parallel 2] [--out benchmarks/results/heldout.json]
+        [--parallel 2] [--save-dir data/heldout-models] [--out benchmarks/results/heldout.json]
 
 The data are the synthetic world's own splits, planned exactly as ``jobs/make_shards.py``
 plans them (``plan_parts``: the same regions, biomes and locations), rendered straight to the
@@ -19,6 +19,8 @@ over 256 training locations: the fit), wall- and CPU-seconds, peak RSS of the pr
 bytes the training set occupies (what ``TrainingSet`` holds in Ray's object store in a real
 run).  Rows run ``--parallel`` at a time, each in its own process; results are written after
 every row, so an interrupted run keeps what finished.  ``--device cuda`` trains on a GPU.
+``--save-dir DIR`` keeps each row's encoder as a GLEAM-C checkpoint (``DIR/<locations>-<variant>-s<seed>``)
+that ``jobs/evaluate_core.py checkpoint=...``, ``jobs/build_index.py`` and serving load.
 
 Variants (``VARIANTS``) are named config overrides on top of ``BASE``; ``--set`` adds more.
 """
@@ -67,6 +69,9 @@ VARIANTS: dict[str, list[str]] = {
                                            "optim.label_smoothing=0.0"],
     "lite1_lr3e-4": ["model.backbone=tf_efficientnet_lite1", "model.pretrained=efficientnet_lite1",
                      "model.batchnorm=frozen", "model.logit_scale_init=2.659", "phase.lr=0.0003"],
+    # Sample4Geo-style hard negatives: each batch holds clusters of geographic neighbours (same region, same biome)
+    "pretrained_lr3e-4_gps": PRETRAINED + ["model.logit_scale_init=2.659", "phase.lr=0.0003",
+                                           "phase.sampling.hard_negatives=gps"],
     "pretrained_frozen3_lr1e-4": PRETRAINED + ["model.logit_scale_init=2.659", "model.frozen_stages=3",
                                                "phase.lr=0.0001"],
     "scratch": ["model.backbone=convnext_atto", "model.pretrained=null", "model.logit_scale_init=0.0"],
@@ -281,7 +286,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
                                   weight_decay=config.optim.weight_decay)
     scheduler = cosine_with_warmup(optimizer, spec["steps"], phase.warmup_steps, phase.min_lr_ratio)
     rng = np.random.default_rng(spec["seed"])
-    losses, curve, held_out_curve, step, epoch = [], [], [], 0, 0
+    losses, curve, held_out_curve, step, epoch, eval_seconds = [], [], [], 0, 0, 0.0
     deadline = started + spec["seconds"]
     train_started = time.perf_counter()
     while step < spec["steps"] and time.perf_counter() < deadline:
@@ -294,8 +299,14 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
             losses.append(train_step(encoder, encoder.logit_scale, train_set.fetch(rows[batch[0]]), optimizer,
                                      scheduler, config, device, mean, std, rng))
             step += 1
+            if spec.get("log_every") and step % spec["log_every"] == 0:
+                elapsed = time.perf_counter() - train_started - eval_seconds
+                print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}/{spec['steps']}: "
+                      f"loss {np.mean(losses[-spec['log_every']:]):.3f}, {elapsed / step:.2f} s/step", flush=True)
             if spec.get("eval_every") and step % spec["eval_every"] == 0 and step < spec["steps"]:
+                eval_started = time.perf_counter()
                 views = _retrieval(encoder, test_set, device, mean, std, located=False)["views"]
+                eval_seconds += time.perf_counter() - eval_started
                 held_out_curve.append({"step": step, "seconds": round(time.perf_counter() - train_started, 1),
                                        "R@1": {view: round(m["R@1"], 2) for view, m in views.items()}})
                 print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}: held-out R@1 "
@@ -305,6 +316,10 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     train_seconds = time.perf_counter() - train_started
     held_out = _retrieval(encoder, test_set, device, mean, std)
     fit = _retrieval(encoder, fit_set, device, mean, std, located=False)
+    saved = None
+    if spec.get("save_dir"):  # a GLEAM-C checkpoint: jobs/evaluate_core.py, build_index.py and serving load it
+        saved = os.path.join(spec["save_dir"], f"{spec['locations']}-{spec['variant']}-s{spec['seed']}")
+        encoder.save_pretrained(saved)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "variant": spec["variant"], "overrides": VARIANTS[spec["variant"]] + spec["extra"],
@@ -319,6 +334,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "loss_curve": curve, "held_out_curve": held_out_curve, "held_out": held_out,
         "fit_R@1": {view: m["R@1"] for view, m in fit["views"].items()}, "fit_gallery": fit["gallery"],
+        "encoder": saved,
     }
 
 
@@ -335,6 +351,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=1e9, help="wall-clock cap per row (training)")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out R@1 every N steps (the curve)")
+    parser.add_argument("--log-every", type=int, default=100, help="print loss and s/step every N steps (0: never)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--heldout", type=int, default=256)
@@ -345,6 +362,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="render processes")
     parser.add_argument("--cache", default=os.path.join(ROOT, "data", "heldout-cache"))
+    parser.add_argument("--save-dir", default=None,
+                        help="save each row's trained encoder here (<locations>-<variant>-s<seed>/, a GLEAM-C checkpoint)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
     pairs = [(n, v) for n in args.train_locations for v in args.variants]
@@ -362,10 +381,12 @@ def main() -> None:
               "test": {"locations": args.heldout, "distractors": args.distractors,
                        "seconds": float(test["render_seconds"]), "biomes": sorted(set(test["biome"].tolist()))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
+    del train, test  # the rows load the cache themselves: the parent would otherwise hold a third copy
     base = os.path.join(args.cache, "{}-{}-{}-{}.npz")
     specs = [{"locations": n, "variant": v, "extra": args.extra, "steps": args.steps, "seconds": args.seconds,
               "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "device": args.device,
-              "eval_every": args.eval_every,
+              "eval_every": args.eval_every, "log_every": args.log_every,
+              "save_dir": args.save_dir and os.path.abspath(args.save_dir),
               "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
               "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
              for n, v in pairs]

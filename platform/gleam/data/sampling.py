@@ -134,7 +134,8 @@ def _cluster_batches(rows: np.ndarray, index: SampleIndex, neighbours: dict[str,
         nonlocal cursor
         while cursor < len(order) and order[cursor] in used:
             cursor += 1
-        for row in order[cursor:]:
+        for position in range(cursor, len(order)):  # no order[cursor:] copy: O(rows) per call on big worlds
+            row = order[position]
             if row not in used and locations[row] not in seen:
                 return row
         return None
