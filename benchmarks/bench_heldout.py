@@ -20,7 +20,10 @@ bytes the training set occupies (what ``TrainingSet`` holds in Ray's object stor
 run).  Rows run ``--parallel`` at a time, each in its own process; results are written after
 every row, so an interrupted run keeps what finished.  ``--device cuda`` trains on a GPU.
 ``--save-dir DIR`` keeps each row's encoder as a GLEAM-C checkpoint (``DIR/<locations>-<variant>-s<seed>``)
-that ``jobs/evaluate_core.py checkpoint=...``, ``jobs/build_index.py`` and serving load.
+that ``jobs/evaluate_core.py checkpoint=...``, ``jobs/build_index.py`` and serving load; with
+``--eval-every`` it is also written at every curve point, so a row cut off keeps its latest
+encoder.  ``train_seconds`` (per row and per curve point) excludes the curve's evaluations
+(``eval_seconds``).
 
 Variants (``VARIANTS``) are named config overrides on top of ``BASE``; ``--set`` adds more.
 """
@@ -235,6 +238,11 @@ def _config(image_size: int, batch: int, overrides: list[str]) -> Any:
     return config
 
 
+def _saved_path(spec: dict[str, Any]) -> str:
+    """Where ``--save-dir`` keeps a row's encoder: ``DIR/<locations>-<variant>-s<seed>``."""
+    return os.path.join(spec["save_dir"], f"{spec['locations']}-{spec['variant']}-s{spec['seed']}")
+
+
 def _retrieval(encoder, dataset: ArraySet, device, mean, std, located: bool = True) -> dict[str, Any]:
     from gleam.core.evaluate import evaluate_retrieval
     from gleam.core.train import embed_rows
@@ -307,26 +315,32 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
                 eval_started = time.perf_counter()
                 views = _retrieval(encoder, test_set, device, mean, std, located=False)["views"]
                 eval_seconds += time.perf_counter() - eval_started
-                held_out_curve.append({"step": step, "seconds": round(time.perf_counter() - train_started, 1),
+                held_out_curve.append({"step": step,
+                                       "train_seconds": round(time.perf_counter() - train_started - eval_seconds, 1),
                                        "R@1": {view: round(m["R@1"], 2) for view, m in views.items()}})
+                if spec.get("save_dir"):  # a long row that is cut off keeps its latest encoder
+                    encoder.save_pretrained(_saved_path(spec))
                 print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}: held-out R@1 "
                       + " ".join(f"{v} {r:.1f}" for v, r in held_out_curve[-1]["R@1"].items()), flush=True)
         curve.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-len(plan):]))})
         epoch += 1
-    train_seconds = time.perf_counter() - train_started
+    train_seconds = time.perf_counter() - train_started - eval_seconds
     held_out = _retrieval(encoder, test_set, device, mean, std)
     fit = _retrieval(encoder, fit_set, device, mean, std, located=False)
     saved = None
     if spec.get("save_dir"):  # a GLEAM-C checkpoint: jobs/evaluate_core.py, build_index.py and serving load it
-        saved = os.path.join(spec["save_dir"], f"{spec['locations']}-{spec['variant']}-s{spec['seed']}")
+        saved = _saved_path(spec)
         encoder.save_pretrained(saved)
+        if os.path.abspath(saved).startswith(ROOT + os.sep):
+            saved = os.path.relpath(saved, ROOT)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "variant": spec["variant"], "overrides": VARIANTS[spec["variant"]] + spec["extra"],
         "train_locations": len(train["ids"]), "train_samples": len(rows), "seed": spec["seed"],
         "steps": step, "global_batch": config.train.global_batch, "epochs": epoch,
         "image_size": spec["image_size"], "device": spec["device"],
-        "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),
         "samples_per_second": round(step * config.train.global_batch / max(train_seconds, 1e-9), 1),
         "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
