@@ -23,7 +23,9 @@ every row, so an interrupted run keeps what finished.  ``--device cuda`` trains 
 that ``jobs/evaluate_core.py checkpoint=...``, ``jobs/build_index.py`` and serving load; with
 ``--eval-every`` it is also written at every curve point, so a row cut off keeps its latest
 encoder.  ``train_seconds`` (per row and per curve point) excludes the curve's evaluations
-(``eval_seconds``).
+(``eval_seconds``).  ``--flip`` also scores each row with flip test-time augmentation
+(``gleam.core.tta``, as ``jobs/build_index.py tta.flip=true`` serves it): ``held_out_flip``.
+``--score CHECKPOINT...`` trains nothing and scores saved checkpoints with and without it.
 
 Variants (``VARIANTS``) are named config overrides on top of ``BASE``; ``--set`` adds more.
 """
@@ -36,6 +38,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import resource
 import sys
 import time
@@ -243,13 +246,16 @@ def _saved_path(spec: dict[str, Any]) -> str:
     return os.path.join(spec["save_dir"], f"{spec['locations']}-{spec['variant']}-s{spec['seed']}")
 
 
-def _retrieval(encoder, dataset: ArraySet, device, mean, std, located: bool = True) -> dict[str, Any]:
+def _retrieval(encoder, dataset: ArraySet, device, mean, std, located: bool = True,
+               tta: Any = None) -> dict[str, Any]:
+    """Query->satellite R@1/5/10, R@top1%, AP (and median error when ``located``) per view;
+    ``tta`` (``gleam.core.tta.TTAConfig``) embeds queries and tiles alike, as serving does."""
     from gleam.core.evaluate import evaluate_retrieval
     from gleam.core.train import embed_rows
 
     queries, gallery = dataset.query_rows(), dataset.gallery_rows()
-    q = embed_rows(encoder, dataset, queries, "query", 128, device, mean, std)
-    g = embed_rows(encoder, dataset, gallery, "satellite", 128, device, mean, std)
+    q = embed_rows(encoder, dataset, queries, "query", 128, device, mean, std, tta)
+    g = embed_rows(encoder, dataset, gallery, "satellite", 128, device, mean, std, tta)
     latlon = np.stack([dataset.latitudes, dataset.longitudes], axis=1)
     metrics = evaluate_retrieval(q, [dataset.location_ids[r] for r in queries], g,
                                  [dataset.location_ids[r] for r in gallery],
@@ -326,13 +332,13 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         epoch += 1
     train_seconds = time.perf_counter() - train_started - eval_seconds
     held_out = _retrieval(encoder, test_set, device, mean, std)
+    held_out_flip = _retrieval(encoder, test_set, device, mean, std, tta=_flip()) if spec.get("flip") else None
     fit = _retrieval(encoder, fit_set, device, mean, std, located=False)
     saved = None
     if spec.get("save_dir"):  # a GLEAM-C checkpoint: jobs/evaluate_core.py, build_index.py and serving load it
         saved = _saved_path(spec)
         encoder.save_pretrained(saved)
-        if os.path.abspath(saved).startswith(ROOT + os.sep):
-            saved = os.path.relpath(saved, ROOT)
+        saved = _repo_relative(saved)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "variant": spec["variant"], "overrides": VARIANTS[spec["variant"]] + spec["extra"],
@@ -348,8 +354,41 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         "loss_curve": curve, "held_out_curve": held_out_curve, "held_out": held_out,
         "fit_R@1": {view: m["R@1"] for view, m in fit["views"].items()}, "fit_gallery": fit["gallery"],
-        "encoder": saved,
+        "encoder": saved, **({"held_out_flip": held_out_flip} if held_out_flip else {}),
     }
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (results stay valid in a clone)."""
+    return os.path.relpath(path, ROOT) if os.path.abspath(path).startswith(ROOT + os.sep) else path
+
+
+def _flip() -> Any:
+    from gleam.core.tta import TTAConfig
+
+    return TTAConfig(flip=True)
+
+
+def score_saved(spec: dict[str, Any]) -> dict[str, Any]:
+    """Score a saved GLEAM-C checkpoint (``--score``) on the cached held-out split, without and
+    with flip test-time augmentation; runs in its own process."""
+    import torch
+
+    from gleam.core.model import GleamEncoder
+
+    torch.set_num_threads(spec["threads"])
+    started = time.perf_counter()
+    with np.load(spec["test_cache"], allow_pickle=False) as data:
+        test_set = ArraySet({k: data[k] for k in data.files}, MODALITIES, distractors=True)
+    device = torch.device(spec["device"])
+    encoder = GleamEncoder.from_pretrained(spec["checkpoint"]).to(device).eval()
+    data_config = encoder.data_config()
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    held_out = _retrieval(encoder, test_set, device, mean, std)
+    held_out_flip = _retrieval(encoder, test_set, device, mean, std, tta=_flip())
+    return {"variant": "saved", "encoder": _repo_relative(spec["checkpoint"]), "train_locations": spec["locations"],
+            "device": spec["device"], "held_out": held_out, "held_out_flip": held_out_flip,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 # --------------------------------------------------------------------------- main
@@ -378,20 +417,33 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(ROOT, "data", "heldout-cache"))
     parser.add_argument("--save-dir", default=None,
                         help="save each row's trained encoder here (<locations>-<variant>-s<seed>/, a GLEAM-C checkpoint)")
+    parser.add_argument("--flip", action="store_true",
+                        help="also score each trained row with flip test-time augmentation (held_out_flip)")
+    parser.add_argument("--score", nargs="+", default=None, metavar="CHECKPOINT",
+                        help="train nothing: score saved GLEAM-C checkpoints on the held-out split, "
+                             "without and with flip test-time augmentation")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
+    if args.score:
+        missing = [c for c in args.score if not os.path.isfile(os.path.join(c, "config.json"))]
+        if missing:
+            parser.error(f"--score: {missing} hold no GLEAM-C checkpoint (config.json + model.safetensors); "
+                         "train one with --save-dir or jobs/train_core.py")
+        args.train_locations, args.variants, args.extra_rows = [0], [], []
     pairs = [(n, v) for n in args.train_locations for v in args.variants]
     pairs += [(int(item.split(":")[0]), item.split(":")[1]) for item in args.extra_rows]
-    unknown = [v for _, v in pairs if v not in VARIANTS]
+    if args.score:
+        pairs = [(0, "saved")] * len(args.score)
+    unknown = [v for _, v in pairs if v not in VARIANTS and not args.score]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     started = time.perf_counter()
     largest = max(n for n, _ in pairs)
-    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache)
+    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache) if largest else None
     test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache)
     render = {"train": {"locations": largest, "seconds": float(train["render_seconds"]),
-                        "workers": int(train["render_workers"])},
+                        "workers": int(train["render_workers"])} if largest else None,
               "test": {"locations": args.heldout, "distractors": args.distractors,
                        "seconds": float(test["render_seconds"]), "biomes": sorted(set(test["biome"].tolist()))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
@@ -404,6 +456,12 @@ def main() -> None:
               "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
               "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
              for n, v in pairs]
+    for spec, checkpoint in zip(specs, args.score or []):
+        spec["checkpoint"] = os.path.abspath(checkpoint)
+        named = re.match(r"(\d+)-", os.path.basename(os.path.normpath(checkpoint)))  # a --save-dir name
+        spec["locations"] = int(named.group(1)) if named else None
+    for spec in specs:
+        spec["flip"] = args.flip
     result: dict[str, Any] = {
         "benchmark": "bench_heldout", "command": " ".join(sys.argv), "machine": platform.node(),
         "cpu_count": os.cpu_count(), "render": render, "held_out_split": "test",
@@ -418,7 +476,7 @@ def main() -> None:
         os.replace(tmp, args.out)
 
     with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_row, spec): spec for spec in specs}
+        futures = {pool.submit(score_saved if args.score else run_row, spec): spec for spec in specs}
         for future in as_completed(futures):
             spec = futures[future]
             try:
