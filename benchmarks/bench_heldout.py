@@ -94,10 +94,10 @@ VARIANTS: dict[str, list[str]] = {
 # --------------------------------------------------------------------------- data
 
 
-def _synth(split: str, count: int, distractors: int, size: int) -> Any:
+def _synth(split: str, count: int, distractors: int, size: int, world_seed: int = 0) -> Any:
     from gleam.config import SynthConfig
 
-    return SynthConfig(locations={split: count}, modalities=list(MODALITIES), distractors=distractors,
+    return SynthConfig(seed=world_seed, locations={split: count}, modalities=list(MODALITIES), distractors=distractors,
                        image_size=size, panorama_width=2 * size, locations_per_task=64,
                        regions_per_split=4, biomes=list(BIOMES))
 
@@ -124,15 +124,23 @@ def _render_part(args: tuple) -> dict[str, Any]:
     return out
 
 
-def render_split(split: str, count: int, distractors: int, size: int, workers: int, cache: str) -> dict[str, Any]:
-    """All locations (and distractor tiles) of a split as arrays, cached as .npz under ``cache``."""
-    path = os.path.join(cache, f"{split}-{count}-{distractors}-{size}.npz")
+def cache_path(cache: str, split: str, count: int, distractors: int, size: int, world_seed: int) -> str:
+    """The .npz of one rendered split: the world seed is part of the name, so another world never
+    reuses a cache (``<split>-w<world seed>-<locations>-<distractors>-<size>.npz``)."""
+    return os.path.join(cache, f"{split}-w{world_seed}-{count}-{distractors}-{size}.npz")
+
+
+def render_split(split: str, count: int, distractors: int, size: int, workers: int, cache: str,
+                 world_seed: int = 0) -> dict[str, Any]:
+    """All locations (and distractor tiles, with their biomes) of a split as arrays, cached as
+    .npz under ``cache``."""
+    path = cache_path(cache, split, count, distractors, size, world_seed)
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     from gleam.data.make_shards import plan_parts
 
-    synth = _synth(split, count, distractors, size)
+    synth = _synth(split, count, distractors, size, world_seed)
     parts = plan_parts(synth)
     started = time.perf_counter()
     print(f"rendering {split}: {count} locations + {distractors} distractors in {len(parts)} parts", flush=True)
@@ -145,13 +153,15 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
             "lat": np.concatenate([p["lat"] for p in queries]), "lon": np.concatenate([p["lon"] for p in queries]),
             "biome": np.array(sum((p["biome"] for p in queries), [])),
             "satellite": np.concatenate([p["satellite"] for p in queries]),
-            "render_seconds": np.array(seconds), "render_workers": np.array(workers)}
+            "render_seconds": np.array(seconds), "render_workers": np.array(workers),
+            "world_seed": np.array(world_seed)}
     for modality in MODALITIES:
         data[modality] = np.concatenate([p[modality] for p in queries])
     if tiles:
         data.update({"distractor_ids": np.array(sum((p["ids"] for p in tiles), [])),
                      "distractor_lat": np.concatenate([p["lat"] for p in tiles]),
                      "distractor_lon": np.concatenate([p["lon"] for p in tiles]),
+                     "distractor_biome": np.array(sum((p["biome"] for p in tiles), [])),
                      "distractor_satellite": np.concatenate([p["satellite"] for p in tiles])})
     os.makedirs(cache, exist_ok=True)
     np.savez(path + ".tmp.npz", **data)
@@ -180,13 +190,16 @@ class ArraySet(RowSelection):
         self.modalities = [m for _, m in self.rows]
         lat = [float(data["lat"][i]) for i, _ in self.rows]
         lon = [float(data["lon"][i]) for i, _ in self.rows]
+        self.biomes = [str(data["biome"][i]) for i, _ in self.rows]
         if distractors and "distractor_ids" in data:
+            tile_biomes = data.get("distractor_biome")
             for j, tile in enumerate(data["distractor_ids"]):
                 self.rows.append((j, "satellite"))
                 self.location_ids.append(str(tile))
                 self.modalities.append("satellite")
                 lat.append(float(data["distractor_lat"][j]))
                 lon.append(float(data["distractor_lon"][j]))
+                self.biomes.append(str(tile_biomes[j]) if tile_biomes is not None else "")
         self.latitudes, self.longitudes = np.array(lat), np.array(lon)
         self.splits = [""] * len(self.rows)
         self.distractors = distractors
@@ -247,34 +260,81 @@ def _config(image_size: int, batch: int, overrides: list[str]) -> Any:
 
 
 def _saved_path(spec: dict[str, Any]) -> str:
-    """Where ``--save-dir`` keeps a row's encoder: ``DIR/<locations>-<variant>-s<seed>``."""
-    return os.path.join(spec["save_dir"], f"{spec['locations']}-{spec['variant']}-s{spec['seed']}")
+    """Where ``--save-dir`` keeps a row's chosen encoder: ``DIR/<locations>-<variant>-w<world seed>-s<seed>``
+    (the final step's encoder, when validation chose an earlier one, beside it with ``-final``)."""
+    return os.path.join(spec["save_dir"],
+                        f"{spec['locations']}-{spec['variant']}-w{spec['world_seed']}-s{spec['seed']}")
+
+
+KEEP = ("R@1", "R@5", "R@10", "R@top1%", "AP", "queries")
 
 
 def _retrieval(encoder, dataset: ArraySet, device, mean, std, located: bool = True,
-               tta: Any = None) -> dict[str, Any]:
-    """Query->satellite R@1/5/10, R@top1%, AP (and median error when ``located``) per view;
-    ``tta`` (``gleam.core.tta.TTAConfig``) embeds queries and tiles alike, as serving does."""
+               tta: Any = None, biomes: bool = True) -> dict[str, Any]:
+    """Query->satellite metrics per view: R@1/5/10, R@top1%, AP, ``median_error_m`` (median
+    distance from the query to its top-1 tile, when ``located``), chance R@1 over the whole
+    gallery and within the query's biome, and (``biomes``) ``R@1_biome``: R@1 on a gallery
+    restricted to the tiles of the query's biome.  ``tta`` (``gleam.core.tta.TTAConfig``)
+    embeds queries and tiles alike, as serving does."""
     from gleam.core.evaluate import evaluate_retrieval
     from gleam.core.train import embed_rows
 
     queries, gallery = dataset.query_rows(), dataset.gallery_rows()
     q = embed_rows(encoder, dataset, queries, "query", 128, device, mean, std, tta)
     g = embed_rows(encoder, dataset, gallery, "satellite", 128, device, mean, std, tta)
+    q, g = np.asarray(q), np.asarray(g)
     latlon = np.stack([dataset.latitudes, dataset.longitudes], axis=1)
-    metrics = evaluate_retrieval(q, [dataset.location_ids[r] for r in queries], g,
-                                 [dataset.location_ids[r] for r in gallery],
-                                 query_modalities=[dataset.modalities[r] for r in queries],
+    q_ids = [dataset.location_ids[r] for r in queries]
+    g_ids = [dataset.location_ids[r] for r in gallery]
+    q_views = [dataset.modalities[r] for r in queries]
+    metrics = evaluate_retrieval(q, q_ids, g, g_ids, query_modalities=q_views,
                                  query_latlon=latlon[queries] if located else None,
                                  gallery_latlon=latlon[gallery] if located else None,
                                  both_directions=False)["query->satellite"]
-    keep = ("R@1", "R@5", "R@10", "R@top1%", "AP", "queries", "median_error_m")
-    return {"gallery": len(gallery), "chance_R@1": 100.0 / len(gallery),
-            "views": {view: {k: v for k, v in m.items() if k in keep} for view, m in metrics.items()}}
+    views: dict[str, dict[str, Any]] = {}
+    for view, m in metrics.items():
+        entry = {k: v for k, v in m.items() if k in KEEP}
+        if located:
+            entry["median_error_m"] = (m.get("localisation_error_m") or {}).get("median")
+        entry["chance_R@1"] = 100.0 / len(gallery)
+        views[view] = entry
+    if biomes:
+        q_biomes = np.array([dataset.biomes[r] for r in queries])
+        g_biomes = np.array([dataset.biomes[r] for r in gallery])
+        tiles = {b: int((g_biomes == b).sum()) for b in sorted(set(g_biomes.tolist()))}
+        hits: dict[str, list[float]] = {}
+        chance: dict[str, list[float]] = {}
+        for biome in sorted(set(q_biomes.tolist())):
+            qi, gi = np.flatnonzero(q_biomes == biome), np.flatnonzero(g_biomes == biome)
+            if not gi.size:
+                continue
+            within = evaluate_retrieval(q[qi], [q_ids[i] for i in qi], g[gi], [g_ids[i] for i in gi],
+                                        query_modalities=[q_views[i] for i in qi],
+                                        both_directions=False)["query->satellite"]
+            for view, m in within.items():
+                n = int(m["queries_evaluated"])
+                hits.setdefault(view, []).extend([m["R@1"] * n, n])
+                chance.setdefault(view, []).extend([100.0 / gi.size * n, n])
+        for view, entry in views.items():
+            if view in hits:
+                pairs = np.array(hits[view]).reshape(-1, 2)
+                entry["R@1_biome"] = float(pairs[:, 0].sum() / max(pairs[:, 1].sum(), 1))
+                pairs = np.array(chance[view]).reshape(-1, 2)
+                entry["chance_R@1_biome"] = float(pairs[:, 0].sum() / max(pairs[:, 1].sum(), 1))
+    out = {"gallery": len(gallery), "chance_R@1": 100.0 / len(gallery), "views": views}
+    if biomes:
+        out["gallery_tiles_per_biome"] = tiles
+    return out
+
+
+def _mean_r1(views: dict[str, dict[str, Any]]) -> float:
+    """The validation metric that chooses: mean R@1 over the four query views (not "all")."""
+    return float(np.mean([views[m]["R@1"] for m in MODALITIES if m in views]))
 
 
 def run_row(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one (training locations, variant) row and score it; runs in its own process."""
+    """Train one (training locations, variant) row, choose its step on validation, score the
+    chosen encoder once on test; runs in its own process."""
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -286,10 +346,13 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     started, cpu0 = time.perf_counter(), time.process_time()
     with np.load(spec["train_cache"], allow_pickle=False) as data:
         train = spread_subset({k: data[k] for k in data.files}, spec["locations"])
+    with np.load(spec["val_cache"], allow_pickle=False) as data:
+        val = {k: data[k] for k in data.files}
     with np.load(spec["test_cache"], allow_pickle=False) as data:
         test = {k: data[k] for k in data.files}
     train_set = ArraySet(train, MODALITIES)
     fit_set = ArraySet(spread_subset(train, 256), MODALITIES)
+    val_set = ArraySet(val, MODALITIES, distractors=True)
     test_set = ArraySet(test, MODALITIES, distractors=True)
     config = _config(spec["image_size"], spec["batch"], VARIANTS[spec["variant"]] + spec["extra"])
     config.run.seed = spec["seed"]
@@ -305,9 +368,14 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
                                   weight_decay=config.optim.weight_decay)
     scheduler = cosine_with_warmup(optimizer, spec["steps"], phase.warmup_steps, phase.min_lr_ratio)
     rng = np.random.default_rng(spec["seed"])
-    losses, curve, held_out_curve, step, epoch, eval_seconds = [], [], [], 0, 0, 0.0
+    losses, curve, val_curve, step, epoch, eval_seconds = [], [], [], 0, 0, 0.0
+    best: dict[str, Any] = {"step": None, "score": -1.0, "state": None}
     deadline = started + spec["seconds"]
     train_started = time.perf_counter()
+
+    def snapshot() -> dict[str, Any]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
+
     while step < spec["steps"] and time.perf_counter() < deadline:
         neighbours = _neighbours(phase, 0, epoch, encoder, train_set, rows, config, device, mean, std, 0, 1)
         plan = plan_epoch(index, phase.sampling, epoch=epoch, seed=spec["seed"],
@@ -324,31 +392,62 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
                       f"loss {np.mean(losses[-spec['log_every']:]):.3f}, {elapsed / step:.2f} s/step", flush=True)
             if spec.get("eval_every") and step % spec["eval_every"] == 0 and step < spec["steps"]:
                 eval_started = time.perf_counter()
-                views = _retrieval(encoder, test_set, device, mean, std, located=False)["views"]
+                views = _retrieval(encoder, val_set, device, mean, std, located=False, biomes=False)["views"]
                 eval_seconds += time.perf_counter() - eval_started
-                held_out_curve.append({"step": step,
-                                       "train_seconds": round(time.perf_counter() - train_started - eval_seconds, 1),
-                                       "R@1": {view: round(m["R@1"], 2) for view, m in views.items()}})
-                if spec.get("save_dir"):  # a long row that is cut off keeps its latest encoder
-                    encoder.save_pretrained(_saved_path(spec))
-                print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}: held-out R@1 "
-                      + " ".join(f"{v} {r:.1f}" for v, r in held_out_curve[-1]["R@1"].items()), flush=True)
+                score = _mean_r1(views)
+                val_curve.append({"step": step,
+                                  "train_seconds": round(time.perf_counter() - train_started - eval_seconds, 1),
+                                  "R@1": {view: round(m["R@1"], 2) for view, m in views.items()},
+                                  "mean_R@1": round(score, 2)})
+                if score > best["score"]:  # the earlier step wins a tie among curve points
+                    best = {"step": step, "score": score, "state": snapshot()}
+                    if spec.get("save_dir"):  # a row cut off keeps its best-validation encoder
+                        encoder.save_pretrained(_saved_path(spec))
+                print(f"{spec['locations']:>6} {spec['variant']:<22} step {step}: val R@1 "
+                      + " ".join(f"{v} {r:.1f}" for v, r in val_curve[-1]["R@1"].items())
+                      + f" (mean {score:.1f}; best step {best['step']})", flush=True)
         curve.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-len(plan):]))})
         epoch += 1
     train_seconds = time.perf_counter() - train_started - eval_seconds
+    # the final step is a candidate too; it wins a tie (more training for the same validation score)
+    final_val = _retrieval(encoder, val_set, device, mean, std)
+    final_score = _mean_r1(final_val["views"])
+    val_curve.append({"step": step, "train_seconds": round(train_seconds, 1),
+                      "R@1": {view: round(m["R@1"], 2) for view, m in final_val["views"].items()},
+                      "mean_R@1": round(final_score, 2), "final": True})
+    saved = saved_final = None
+    if final_score >= best["score"]:
+        best = {"step": step, "score": final_score, "state": None}
+        validation = final_val
+    else:
+        if spec.get("save_dir"):  # keep the final encoder too, beside the chosen one
+            saved_final = _saved_path(spec) + "-final"
+            encoder.save_pretrained(saved_final)
+            saved_final = _repo_relative(saved_final)
+        encoder.load_state_dict(best["state"])
+        validation = _retrieval(encoder, val_set, device, mean, std)
+    selection = {"split": "val", "metric": "mean R@1 over views (" + ", ".join(MODALITIES) + ")",
+                 "candidates": [point["step"] for point in val_curve],
+                 "scores": [point["mean_R@1"] for point in val_curve],
+                 "chosen_step": best["step"], "chosen_score": round(best["score"], 2),
+                 "ties": "earlier curve point among curve points; the final step over any curve point"}
+    # the test split, scored once, with the encoder validation chose
     held_out = _retrieval(encoder, test_set, device, mean, std)
     held_out_flip = _retrieval(encoder, test_set, device, mean, std, tta=_flip()) if spec.get("flip") else None
-    fit = _retrieval(encoder, fit_set, device, mean, std, located=False)
-    saved = None
+    fit = _retrieval(encoder, fit_set, device, mean, std, located=False, biomes=False)
     if spec.get("save_dir"):  # a GLEAM-C checkpoint: jobs/evaluate_core.py, build_index.py and serving load it
         saved = _saved_path(spec)
         encoder.save_pretrained(saved)
         saved = _repo_relative(saved)
+    print(f"{spec['locations']:>6} {spec['variant']:<22} validation chose step {best['step']} "
+          f"(mean val R@1 {best['score']:.1f}); test R@1 "
+          + " ".join(f"{v} {m['R@1']:.1f}" for v, m in held_out["views"].items()), flush=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "variant": spec["variant"], "overrides": VARIANTS[spec["variant"]] + spec["extra"],
-        "train_locations": len(train["ids"]), "train_samples": len(rows), "seed": spec["seed"],
-        "steps": step, "global_batch": config.train.global_batch, "epochs": epoch,
+        "train_locations": len(train["ids"]), "train_samples": len(rows),
+        "world_seed": spec["world_seed"], "seed": spec["seed"],
+        "steps": step, "global_batch": config.train.global_batch, "epochs": epoch, "lr": phase.lr,
         "image_size": spec["image_size"], "device": spec["device"],
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -357,9 +456,11 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
         "training_set_bytes": train_set.nbytes(),
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
-        "loss_curve": curve, "held_out_curve": held_out_curve, "held_out": held_out,
+        "loss_curve": curve, "val_curve": val_curve, "selection": selection,
+        "validation": validation, "held_out_split": "test", "held_out": held_out,
         "fit_R@1": {view: m["R@1"] for view, m in fit["views"].items()}, "fit_gallery": fit["gallery"],
-        "encoder": saved, **({"held_out_flip": held_out_flip} if held_out_flip else {}),
+        "encoder": saved, **({"encoder_final": saved_final} if saved_final else {}),
+        **({"held_out_flip": held_out_flip} if held_out_flip else {}),
     }
 
 
@@ -383,16 +484,22 @@ def score_saved(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(spec["threads"])
     started = time.perf_counter()
+    with np.load(spec["val_cache"], allow_pickle=False) as data:
+        val_set = ArraySet({k: data[k] for k in data.files}, MODALITIES, distractors=True)
     with np.load(spec["test_cache"], allow_pickle=False) as data:
         test_set = ArraySet({k: data[k] for k in data.files}, MODALITIES, distractors=True)
     device = torch.device(spec["device"])
     encoder = GleamEncoder.from_pretrained(spec["checkpoint"]).to(device).eval()
     data_config = encoder.data_config()
     mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    validation = _retrieval(encoder, val_set, device, mean, std)
+    validation_flip = _retrieval(encoder, val_set, device, mean, std, tta=_flip())
     held_out = _retrieval(encoder, test_set, device, mean, std)
     held_out_flip = _retrieval(encoder, test_set, device, mean, std, tta=_flip())
     return {"variant": "saved", "encoder": _repo_relative(spec["checkpoint"]), "train_locations": spec["locations"],
-            "device": spec["device"], "held_out": held_out, "held_out_flip": held_out_flip,
+            "world_seed": spec["world_seed"], "device": spec["device"],
+            "validation": validation, "validation_flip": validation_flip,
+            "held_out_split": "test", "held_out": held_out, "held_out_flip": held_out_flip,
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -414,7 +521,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--heldout", type=int, default=256)
     parser.add_argument("--distractors", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (initialisation, batches, augmentation)")
+    parser.add_argument("--world-seed", type=int, default=0,
+                        help="seed of the synthetic world (SynthConfig.seed): which places, all three splits")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parallel", type=int, default=1, help="rows trained at once (processes)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
@@ -445,21 +554,25 @@ def main() -> None:
 
     started = time.perf_counter()
     largest = max(n for n, _ in pairs)
-    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache) if largest else None
-    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache)
-    render = {"train": {"locations": largest, "seconds": float(train["render_seconds"]),
+    world = args.world_seed
+    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache, world) if largest else None
+    val = render_split("val", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world)
+    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world)
+    render = {"world_seed": world,
+              "train": {"locations": largest, "seconds": float(train["render_seconds"]),
                         "workers": int(train["render_workers"])} if largest else None,
-              "test": {"locations": args.heldout, "distractors": args.distractors,
-                       "seconds": float(test["render_seconds"]), "biomes": sorted(set(test["biome"].tolist()))}}
+              **{name: {"locations": args.heldout, "distractors": args.distractors,
+                        "seconds": float(data["render_seconds"]), "biomes": sorted(set(data["biome"].tolist()))}
+                 for name, data in (("val", val), ("test", test))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
-    del train, test  # the rows load the cache themselves: the parent would otherwise hold a third copy
-    base = os.path.join(args.cache, "{}-{}-{}-{}.npz")
+    del train, val, test  # the rows load the cache themselves: the parent would otherwise hold another copy
     specs = [{"locations": n, "variant": v, "extra": args.extra, "steps": args.steps, "seconds": args.seconds,
-              "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "device": args.device,
-              "eval_every": args.eval_every, "log_every": args.log_every,
-              "save_dir": args.save_dir and os.path.abspath(args.save_dir),
-              "threads": args.threads, "train_cache": base.format("train", largest, 0, args.image_size),
-              "test_cache": base.format("test", args.heldout, args.distractors, args.image_size)}
+              "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "world_seed": world,
+              "device": args.device, "eval_every": args.eval_every, "log_every": args.log_every,
+              "save_dir": args.save_dir and os.path.abspath(args.save_dir), "threads": args.threads,
+              "train_cache": cache_path(args.cache, "train", largest, 0, args.image_size, world),
+              "val_cache": cache_path(args.cache, "val", args.heldout, args.distractors, args.image_size, world),
+              "test_cache": cache_path(args.cache, "test", args.heldout, args.distractors, args.image_size, world)}
              for n, v in pairs]
     for spec, checkpoint in zip(specs, args.score or []):
         spec["checkpoint"] = os.path.abspath(checkpoint)
@@ -467,13 +580,32 @@ def main() -> None:
         spec["locations"] = int(named.group(1)) if named else None
     for spec in specs:
         spec["flip"] = args.flip
+    from gleam.provenance import provenance
+
+    command = [sys.executable, *sys.argv]
+    seeds = {"world": world, "train": args.seed}
     result: dict[str, Any] = {
         "benchmark": "bench_heldout", "command": " ".join(sys.argv), "machine": platform.node(),
-        "cpu_count": os.cpu_count(), "render": render, "held_out_split": "test",
+        "cpu_count": os.cpu_count(), "world_seed": world, "seed": args.seed, "render": render,
+        "splits": {"train": "fits the encoder", "val": "chooses (the curve, the step kept)",
+                   "test": "reported once per row, with the encoder validation chose"},
+        "held_out_split": "test",
         "gallery": args.heldout + args.distractors, "chance_R@1": 100.0 / (args.heldout + args.distractors),
-        "rows": []}
+        "note": ("held_out = the test split, scored once per row with the encoder chosen on val "
+                 "(row.selection says what chose what). Each region of this generator is a single biome, "
+                 "so a query's real competitors are the gallery tiles of its own biome: chance_R@1_biome "
+                 "(1 / those tiles) and R@1_biome (the gallery restricted to them) are given beside chance_R@1 "
+                 "(1 / gallery) and R@1. median_error_m: median distance (m) from a query to its top-1 tile."),
+        "provenance": provenance(command, seeds), "rows": []}
 
     def write() -> None:
+        encoders = {f"{row.get('train_locations')}-{row.get('variant')}{suffix}": os.path.join(ROOT, row[key])
+                    if not os.path.isabs(row[key]) else row[key]
+                    for row in result["rows"] for key, suffix in (("encoder", ""), ("encoder_final", "-final"))
+                    if row.get(key)}
+        from gleam.provenance import checkpoint_hashes
+
+        result["provenance"]["checkpoints"] = {label: checkpoint_hashes(path) for label, path in encoders.items()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as handle:
