@@ -23,6 +23,13 @@ def summarize(config: BuildIndexConfig, report: dict) -> str:
                    f"python jobs/localize_batch.py input=<folder of photos> index={report['output']} output=runs/localized"])
 
 
+def run(config: BuildIndexConfig) -> dict:
+    from gleam.core.model import resolve_checkpoint
+
+    config.checkpoint = resolve_checkpoint(config.checkpoint)  # on the driver: a bare name loads models/<name>
+    return build_index(config)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(BuildIndexConfig, build_index, summarize, None, __doc__,
+    sys.exit(run_job(BuildIndexConfig, run, summarize, None, __doc__,
                      "configs/build-index-local.yaml", errors=(ValueError, OSError)))

@@ -40,5 +40,12 @@ def summarize(config: EvaluateCoreConfig, report: dict) -> str:
                   f"{report['output']}  (every metric, both directions)", [])
 
 
+def run(config: EvaluateCoreConfig) -> dict:
+    from gleam.core.model import resolve_checkpoint
+
+    config.checkpoint = resolve_checkpoint(config.checkpoint)  # on the driver: a bare name loads models/<name>
+    return evaluate_checkpoint(config)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job(EvaluateCoreConfig, evaluate_checkpoint, summarize, None, __doc__))
+    sys.exit(run_job(EvaluateCoreConfig, run, summarize, None, __doc__))

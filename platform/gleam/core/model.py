@@ -173,6 +173,7 @@ class GleamEncoder(nn.Module):
         from gleam import storage
         from gleam.config import from_dict
 
+        directory = resolve_checkpoint(directory)  # a bare name loads models/<name>
         config_url = storage.join(directory, CONFIG_NAME)
         if not storage.exists(config_url):
             raise FileNotFoundError(f"{directory}: not a GLEAM-C checkpoint (no {CONFIG_NAME})")
@@ -182,6 +183,40 @@ class GleamEncoder(nn.Module):
         model = cls(config)
         model.load_state_dict(load(storage.read_bytes(storage.join(directory, WEIGHTS_NAME))))
         return model
+
+
+# Named checkpoints kept in the repository: ``model.checkpoint: gleam-c-lite0-synth`` loads
+# ``<repo>/models/gleam-c-lite0-synth`` (config.json + model.safetensors + MODEL_CARD.md).
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "models")
+
+
+def known_checkpoints(models_dir: str = MODELS_DIR) -> list[str]:
+    """Names of the GLEAM-C checkpoints under ``models/`` (folders holding a config.json)."""
+    if not os.path.isdir(models_dir):
+        return []
+    return sorted(name for name in os.listdir(models_dir)
+                  if os.path.isfile(os.path.join(models_dir, name, CONFIG_NAME)))
+
+
+def resolve_checkpoint(name_or_path: str, models_dir: str = MODELS_DIR) -> str:
+    """A GLEAM-C checkpoint folder from a path, a URL or a bare name of ``models/<name>``.
+
+    URLs (``s3://...``) and paths that exist come back unchanged.  A bare name (no folder part,
+    or a path a config loader made absolute against the working directory, which holds no such
+    folder) becomes ``models/<name>`` when that folder exists; otherwise ``FileNotFoundError``
+    names the known checkpoints.
+    """
+    if "://" in name_or_path or os.path.exists(name_or_path):
+        return name_or_path
+    name = os.path.basename(os.path.normpath(name_or_path))
+    bare = os.path.dirname(name_or_path) == "" or os.path.dirname(os.path.abspath(name_or_path)) == os.getcwd()
+    if bare and os.path.isfile(os.path.join(models_dir, name, CONFIG_NAME)):
+        return os.path.join(models_dir, name)
+    known = known_checkpoints(models_dir)
+    raise FileNotFoundError(f"{name_or_path}: no GLEAM-C checkpoint there; a named one is a folder of {models_dir} "
+                            f"(known: {', '.join(known) if known else 'none'}), otherwise give a folder with "
+                            f"{CONFIG_NAME} + {WEIGHTS_NAME}")
 
 
 def describe(model: GleamEncoder) -> dict[str, Any]:

@@ -82,16 +82,16 @@ class Embedder:
 
         from gleam.core.tta import TTAConfig
 
-        from gleam.core.model import GleamEncoder
+        from gleam.core.model import GleamEncoder, resolve_checkpoint
 
         if threads:
             torch.set_num_threads(int(threads))
-        self.checkpoint = checkpoint
+        self.checkpoint = resolve_checkpoint(checkpoint)  # a bare name: models/<name>
         self.device = torch.device(resolve_device(device))
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = GleamEncoder.from_pretrained(checkpoint).to(self.device).eval()
+        self.model = GleamEncoder.from_pretrained(self.checkpoint).to(self.device).eval()
         # test-time augmentation (gleam.core.tta): a TTAConfig or its dict; gallery and queries must agree
         self.tta = TTAConfig(**tta) if isinstance(tta, dict) else tta
         if self.tta is not None:
