@@ -2,30 +2,48 @@
 
     python benchmarks/bench_heldout.py [--train-locations 384 1536] [--variants pretrained scratch]
         [--steps 600] [--batch 64] [--image-size 96] [--heldout 256] [--distractors 256]
-        [--parallel 2] [--save-dir data/heldout-models] [--out benchmarks/results/heldout.json]
+        [--world-seed 0] [--seed 0] [--eval-every 500] [--parallel 2] [--save-dir data/heldout-models]
+        [--out benchmarks/results/heldout.json]
 
 The data are the synthetic world's own splits, planned exactly as ``jobs/make_shards.py``
 plans them (``plan_parts``: the same regions, biomes and locations), rendered straight to the
-model's input size in a process pool and cached (``--cache``).  Held-out = the *test* split:
-other regions 100 km away, ``--heldout`` locations spread over four biomes, all four query
-views each, against a gallery of their satellite tiles plus ``--distractors`` satellite-only
-tiles.  Smaller training sets are spread evenly over the largest one's regions (every biome).
+model's input size in a process pool and cached (``--cache``, one file per split named with the
+world seed, so another world never reuses a cache).  ``--world-seed`` (``SynthConfig.seed``)
+chooses the world, ``--seed`` the training (initialisation, batches, augmentation); both are
+recorded.  Three splits, each in other regions 100 km apart:
+
+- train: the encoder's data.  Smaller training sets are spread evenly over the largest one's
+  regions (every biome).
+- val: ``--heldout`` locations over four biomes, all four query views each, against a gallery of
+  their satellite tiles plus ``--distractors`` satellite-only tiles.  Every choice is made here:
+  the curve (``--eval-every``) is scored on val, and the row keeps the encoder of its best
+  validation point (mean R@1 over the four views; the final step is a candidate too).
+- test: built as val, scored ONCE per row with the encoder validation chose: ``held_out``
+  (``held_out_split: "test"``).  ``selection`` says what chose what (candidates, scores, step).
+
+Each region of this generator is a single biome, so beside R@1 over the whole gallery (chance
+``1/gallery``) every view reports ``R@1_biome`` (the gallery restricted to the tiles of the
+query's biome) and its chance ``chance_R@1_biome``; every per-view table carries R@1, R@5,
+R@10, R@top1%, AP and ``median_error_m`` (median distance from a query to its top-1 tile).
 
 Each (training locations, variant) row trains a fresh encoder for ``--steps`` steps (or until
 ``--seconds`` of wall-clock, whichever comes first) with the platform's own ``train_step``,
 batch planner (``plan_epoch``, DSS when the variant asks) and LR schedule, single process,
-then reports query->satellite R@1, R@5, R@top1%, AP per view on the held-out split (and R@1
-over 256 training locations: the fit), wall- and CPU-seconds, peak RSS of the process and the
-bytes the training set occupies (what ``TrainingSet`` holds in Ray's object store in a real
-run).  Rows run ``--parallel`` at a time, each in its own process; results are written after
-every row, so an interrupted run keeps what finished.  ``--device cuda`` trains on a GPU.
-``--save-dir DIR`` keeps each row's encoder as a GLEAM-C checkpoint (``DIR/<locations>-<variant>-s<seed>``)
-that ``jobs/evaluate_core.py checkpoint=...``, ``jobs/build_index.py`` and serving load; with
-``--eval-every`` it is also written at every curve point, so a row cut off keeps its latest
-encoder.  ``train_seconds`` (per row and per curve point) excludes the curve's evaluations
-(``eval_seconds``).  ``--flip`` also scores each row with flip test-time augmentation
-(``gleam.core.tta``, as ``jobs/build_index.py tta.flip=true`` serves it): ``held_out_flip``.
-``--score CHECKPOINT...`` trains nothing and scores saved checkpoints with and without it.
+and reports the metrics above (and R@1 over 256 training locations: the fit), wall- and
+CPU-seconds, peak RSS of the process and the bytes the training set occupies (what
+``TrainingSet`` holds in Ray's object store in a real run).  Rows run ``--parallel`` at a time,
+each in its own process; results are written after every row, so an interrupted run keeps what
+finished.  ``--device cuda`` trains on a GPU.  ``--save-dir DIR`` keeps each row's chosen encoder
+as a GLEAM-C checkpoint (``DIR/<locations>-<variant>-w<world seed>-s<seed>``, written at every
+curve point that improves validation, so a row cut off keeps its best one; the final encoder,
+when validation chose an earlier step, beside it as ``...-final``) that ``jobs/evaluate_core.py
+checkpoint=...``, ``jobs/build_index.py`` and serving load.  ``train_seconds`` (per row and per
+curve point) excludes the curve's evaluations (``eval_seconds``).  ``--flip`` also scores the
+chosen encoder with flip test-time augmentation (``gleam.core.tta``, as ``jobs/build_index.py
+tta.flip=true`` serves it): ``held_out_flip``.  ``--score CHECKPOINT...`` trains nothing and
+scores saved checkpoints on val and test, with and without it.  Every result file carries
+``provenance`` (``gleam.provenance``: git commit and dirty flag, package versions, date, machine,
+command, seeds, sha256 of each saved encoder).
 
 Variants (``VARIANTS``) are named config overrides on top of ``BASE``; ``--set`` adds more.
 """
