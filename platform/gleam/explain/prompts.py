@@ -542,6 +542,32 @@ def _green_claims(clause: str, side: str, language: str) -> list[Claim]:
     return [Claim("green", bucket, None, side)] if bucket else []
 
 
+def unparsed_mentions(text: str, language: str | None = None) -> int:
+    """Clauses that name a fact the checker knows (a landmark, junction, buildings, greenery) but
+    from which no checkable claim can be read (e.g. "buildings" with no amount): counted, so a
+    vague answer does not look precise by saying nothing checkable."""
+    language = language or script_language(text) or "en"
+    count = 0
+    for clause, side in _clauses(strip_verdicts(text), language):
+        mentions = (_ENTITY_RE[language].search(clause) or _BUILDING_TERM[language].search(clause)
+                    or _GREEN_TERM[language].search(clause))
+        if mentions and not _clause_claims(clause, side, language):
+            count += 1
+    return count
+
+
+def claims_agree(stated: Claim, reference: Claim) -> bool:
+    """Whether ``stated`` says what ``reference`` says: same kind, value, side and polarity, and a
+    direction that ``direction_matches`` (a reference without direction accepts any)."""
+    if (stated.kind, stated.side, stated.present) != (reference.kind, reference.side, reference.present):
+        return False
+    if stated.kind == "building_count":
+        return abs(int(stated.value) - int(reference.value)) <= count_tolerance(int(reference.value))
+    if stated.value != reference.value and not (stated.kind == "tallest" and reference.value is None):
+        return False
+    return reference.direction is None or direction_matches(stated.direction, reference.direction)
+
+
 def extract_claims(text: str, language: str | None = None) -> list[Claim]:
     """Every claim stated in ``text`` (verdict phrases ignored), in reading order."""
     language = language or script_language(text) or "en"

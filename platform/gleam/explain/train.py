@@ -289,8 +289,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(config.run.seed)
     use_deepspeed = config.deepspeed.enabled
     dtype = "bfloat16" if use_deepspeed and config.deepspeed.bf16 else config.model.dtype
-    model, processor = load_vlm(loop_config["base_model"], config.lora, dtype=dtype, device=str(device))
+    model, processor = load_vlm(loop_config["base_model"], config.lora, dtype=dtype, device=str(device),
+                                vision=config.model.vision)
     model.train()
+    from gleam.explain.vision import auxiliary_loss, auxiliary_targets, find_tower
+
+    has_tower = find_tower(model) is not None
 
     def epoch_examples(epoch: int) -> list[Any]:
         return warm_examples if epoch < config.train.verdict_only_epochs and warm_examples else train_examples
@@ -334,11 +338,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, config.train.epochs):
         started = time.perf_counter()
         losses = []
+        aux_parts: dict[str, list[float]] = {}
         examples = epoch_examples(epoch)
         for indices in batches(epoch):
-            batch = _to_device(collate([examples[i] for i in indices], processor, config.model.image_size,
-                                       config.model.max_length), device)
+            chosen = [examples[i] for i in indices]
+            batch = _to_device(collate(chosen, processor, config.model.image_size, config.model.max_length), device)
             loss = answer_loss(wrapped, batch, config.train.loss_reduction)
+            if has_tower:  # the match and fact heads of the GLEAM-C vision tower (same forward)
+                aux, parts = auxiliary_loss(unwrap(wrapped), *auxiliary_targets(chosen))
+                if aux is not None:
+                    loss = loss + aux
+                for key, value in parts.items():
+                    aux_parts.setdefault(key, []).append(value)
             if use_deepspeed:
                 wrapped.backward(loss)
                 wrapped.step()
@@ -361,6 +372,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "task": "verdict" if examples is warm_examples else "all",
             "lr": float(optimizer.param_groups[0]["lr"]),
             "train_examples_per_second": len(losses) * config.train.per_worker_batch * world / seconds,
+            **{key: float(np.mean(values)) for key, values in aux_parts.items()},
         }
         every = config.train.eval_every
         if val_examples and every and ((epoch + 1) % every == 0 or epoch == config.train.epochs - 1):
@@ -553,11 +565,12 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     if result.checkpoint is None:
         monitor.close_mlflow(ok=False)
         raise RuntimeError(f"GLEAM-X training produced no checkpoint (error: {result.error})")
-    model, processor = load_vlm(base, config.lora, dtype="float32", device="cpu")
+    model, processor = load_vlm(base, config.lora, dtype="float32", device="cpu", vision=config.model.vision)
     with result.checkpoint.as_directory() as folder:
         history = _load_checkpoint(folder, model)["history"]
     meta = {"gleam_image_size": config.model.image_size, "languages": list(config.data.languages),
-            "base_model": base, "max_length": config.model.max_length}
+            "base_model": base, "max_length": config.model.max_length,
+            "vision": _vision_record(config)}
     adapter_dir = storage.join(run_dir, "adapter")
     final_dir = storage.join(run_dir, "final")
     save_adapter(model, processor, adapter_dir)
@@ -578,7 +591,8 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
         "final": history[-1] if history else {}, "data": data_report, "base_model": base,
         "adapter": adapter_dir, "merged_model": merged, "checkpoint": result.checkpoint.path,
         "eval": {name: {k: report[k] for k in ("match", "majority_baseline", "parse_rate", "well_formed_rate",
-                                                "language_consistency", "text", "faithfulness", "verdict_only")
+                                                "language_consistency", "text", "faithfulness", "verdict_only",
+                                                "match_head")
                         if k in report}
                  for name, report in evaluation.items()},
     }
@@ -587,9 +601,38 @@ def train_explain(config: TrainExplainConfig) -> dict[str, Any]:
     return summary
 
 
+def _vision_record(config: TrainExplainConfig) -> dict[str, Any]:
+    """Which image tokens the model reads, and the GLEAM-C checkpoint (path, sha256) behind them."""
+    from dataclasses import asdict
+
+    vision = config.model.vision
+    record: dict[str, Any] = asdict(vision)
+    if vision.enabled():
+        import hashlib
+
+        from gleam.core.model import WEIGHTS_NAME
+        from gleam.explain.vision import resolve_gleam_c
+
+        path = resolve_gleam_c(vision.checkpoint)
+        with open(os.path.join(path, WEIGHTS_NAME), "rb") as handle:
+            record["checkpoint_sha256"] = hashlib.sha256(handle.read()).hexdigest()
+        record["checkpoint_path"] = path
+    return record
+
+
 def _check(config: TrainExplainConfig) -> None:
     from gleam.data.schema import check_query_modalities
     from gleam.explain.prompts import LANGUAGES
+    from gleam.explain.vision import check_vision_settings, resolve_gleam_c
+
+    check_vision_settings(config.model.vision)
+    if config.model.vision.enabled():
+        # resolved on the driver (a name under models/, or a path against the launch directory):
+        # a missing checkpoint fails here, before Ray work, and workers get an absolute path
+        config.model.vision.checkpoint = os.path.abspath(resolve_gleam_c(config.model.vision.checkpoint))
+        if config.lora.enabled and not config.lora.train_projector:
+            raise ValueError("lora.train_projector: false, but model.vision.source is 'gleam_c': the tower's "
+                             "projector and match/fact heads (its `merger`) must train; set lora.train_projector: true")
 
     check_query_modalities(config.data.modalities, "data.modalities")
     bad = [lang for lang in config.data.languages if lang not in LANGUAGES]

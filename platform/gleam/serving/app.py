@@ -239,6 +239,7 @@ class ExplainerImpl:
         from gleam.explain.evaluate import VERDICT_ONLY_NEW_TOKENS
         from gleam.explain.model import generate
         from gleam.explain.prompts import instruction, parse_answer, verdict_instruction
+        from gleam.explain.vision import match_probabilities
 
         def label(verdict: bool | None) -> str | None:
             return None if verdict is None else ("match" if verdict else "no match")
@@ -255,20 +256,45 @@ class ExplainerImpl:
         with self.torch.no_grad():
             texts = generate(self.model, self.processor, explain, image_size=self.image_size,
                              max_new_tokens=self.max_new_tokens)
+            # the GLEAM vision tower's match head, from the same forward (None for a native tower)
+            probabilities = match_probabilities(self.model) or [None] * len(items)
             asked: list[bool | None] = [None] * len(items)
             if verify:
                 asked = [parse_answer(t).verdict for t in generate(self.model, self.processor, verify,
                                                                    image_size=self.image_size,
                                                                    max_new_tokens=VERDICT_ONLY_NEW_TOKENS)]
         out = []
-        for text, answer, (_, _, _, language) in zip(texts, asked, items):
+        for text, answer, probability, (_, _, _, language) in zip(texts, asked, probabilities, items):
             parsed = parse_answer(text)
             verdict, source = (answer, "verdict_only") if answer is not None else (parsed.verdict, "explanation")
             out.append({"verdict": label(verdict), "verdict_source": source if verdict is not None else None,
                         "explanation_verdict": label(parsed.verdict),
                         "agrees": None if verdict is None or parsed.verdict is None else verdict == parsed.verdict,
+                        "match_probability": None if probability is None else round(float(probability), 4),
                         "well_formed": bool(parsed.well_formed), "language": language, "explanation": text})
         return out
+
+
+def verify_rerank(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Verification that re-ranks: the explained candidates ordered by GLEAM-X's P(same place)
+    (``match_probability``, the match head), GLEAM-C's order breaking ties and keeping candidates
+    without a probability after those with one.  Every candidate gets ``retrieval_rank`` (its
+    GLEAM-C place, 1-based) and, when it moved, ``moved``: why, in words, for the page."""
+    for rank, candidate in enumerate(candidates, 1):
+        candidate.setdefault("retrieval_rank", rank)
+    scored = [c for c in candidates if c.get("match_probability") is not None]
+    if not scored:
+        return candidates
+    order = sorted(scored, key=lambda c: (-c["match_probability"], c["retrieval_rank"]))
+    order += [c for c in candidates if c.get("match_probability") is None]
+    for rank, candidate in enumerate(order, 1):
+        was = candidate["retrieval_rank"]
+        if rank != was:
+            direction = "up" if rank < was else "down"
+            candidate["moved"] = (f"{direction} from #{was} to #{rank}: GLEAM-X gives P(same place) "
+                                  f"{candidate['match_probability']:.2f}" if candidate.get("match_probability")
+                                  is not None else f"down from #{was} to #{rank}: not verified")
+    return order
 
 
 def _check_verdict_prompt(value: str) -> None:
@@ -446,6 +472,8 @@ class Ingress:
                 candidate.update(answer if answer is not None else {"note": "no tile image stored for this id"})
             else:
                 candidate.update(answer)
+        if self.s.get("verify_rerank", True):
+            candidates[: len(chosen)] = verify_rerank(chosen)
 
     def _result(self, request: LocalizeRequest, retrieved: dict[str, Any]) -> dict[str, Any]:
         return {"id": request.id or None, "modality": request.modality, "top_k": request.top_k,
@@ -676,6 +704,7 @@ def build_app(config: ServeAppConfig) -> Any:
             config.explainer, config.device, config.max_new_tokens, section.max_batch_size,
             section.batch_wait_timeout_s, config.verdict_prompt)
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
+                "verify_rerank": config.verify_rerank,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "max_body_bytes": config.max_body_bytes, "max_batch_body_bytes": config.max_batch_body_bytes,
                 # the build's own $GLEAM_API_KEYS too (`GLEAM_API_KEYS=... serve run ...`)

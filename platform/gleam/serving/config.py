@@ -55,6 +55,8 @@ class ServeAppConfig:
     top_k: int = 5
     max_top_k: int = 100
     explain_top: int = 3  # how many of the top-k candidates GLEAM-X verifies
+    # reorder the verified candidates by GLEAM-X's P(same place) (its match head); each says why it moved
+    verify_rerank: bool = True
     max_new_tokens: int = 96
     # where a candidate's verdict comes from: "verdict_only" asks GLEAM-X the verdict-only question
     # first (a few tokens; the measured-accurate answer of a label-only-trained model) and falls back

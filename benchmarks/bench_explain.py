@@ -1,0 +1,206 @@
+"""GLEAM-X grounded in the images: verdicts, true claims, explanation similarity, and re-ranking.
+
+    python benchmarks/bench_explain.py [--data data/synth] [--checkpoint models/gleam-c-lite0-synth]
+        [--variants native gleamc_frozen gleamc_last_stage] [--epochs 10] [--set key=value ...]
+        [--out benchmarks/results/explain_grounded.json]
+
+Protocol (held-out regions, hard negatives included, both languages):
+- every variant fine-tunes GLEAM-X with ``jobs/train_explain.py``'s own code (``train_explain``,
+  Ray Train, ``configs/explain-local.yaml`` + the variant's overrides) on the shards' *train*
+  split; pairs are the true tile (positive) and one negative per positive, half of them GLEAM-C's
+  most similar wrong tile of the same split (``hard``: same regions and biomes), half random;
+- the variant is chosen on the *val* split (other regions): verdict accuracy of the explanation
+  prompt (the verdict line of the generated explanation);
+- the chosen variant is scored once on the *test* split (other regions again): verdicts per
+  pair kind and language, the match head alone, claim precision / strict precision / recall per
+  language and claim kind, BLEU, ROUGE-L and the packaged all-MiniLM-L6-v2 explanation
+  similarity per language;
+- re-ranking: every test query's GLEAM-C top-``--rerank-k`` tiles of the test gallery (query
+  tiles + distractors) are re-ordered by GLEAM-X's P(same place) (``serving.app.verify_rerank``,
+  the rule serving applies); R@1 before and after with the paired standard error, and the
+  seconds GLEAM-X adds per query (one prompt forward per candidate, batched).
+
+Variants: ``native`` (the VLM's own, randomly initialised vision tower: the baseline),
+``gleamc_frozen`` (GLEAM-C backbone frozen, tokens + heads train), ``gleamc_last_stage``
+(the backbone's last stage trains too), ``gleamc_nocond`` (frozen, heads trained but not fed
+to the tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "platform"))
+
+VARIANTS: dict[str, list[str]] = {
+    "native": ["model.vision.source=native"],
+    "gleamc_frozen": ["model.vision.source=gleam_c", "model.vision.train_backbone=frozen"],
+    "gleamc_last_stage": ["model.vision.source=gleam_c", "model.vision.train_backbone=last_stage"],
+    "gleamc_nocond": ["model.vision.source=gleam_c", "model.vision.condition=false"],
+}
+
+
+def _default_checkpoint() -> str:
+    named = os.path.join(ROOT, "models", "gleam-c-lite0-synth")
+    return named if os.path.isfile(os.path.join(named, "config.json")) else os.path.join(
+        ROOT, "runs", "gleam-c-local", "final")
+
+
+def _verdict_accuracy(report: dict[str, Any]) -> float:
+    return float(report.get("match", {}).get("accuracy", 0.0))
+
+
+def test_examples(config: Any, split: str) -> list[Any]:
+    """Pairs of ``split`` built like the training run's validation pairs (hard negatives included)."""
+    from gleam.explain.dataset import build_examples
+    from gleam.explain.train import _hard_neighbours, _read_split
+
+    data = config.data
+    samples = _read_split(data.source, split, list(data.modalities))
+    neighbours = _hard_neighbours(data.retrieval_checkpoint, samples)
+    return list(build_examples(samples, languages=tuple(data.languages), negatives_per_positive=data.negatives_per_positive,
+                               hard_fraction=data.hard_fraction, hard_neighbours=neighbours, seed=config.run.seed + 7))
+
+
+def rerank(model: Any, processor: Any, config: Any, split: str, k: int, image_size: int) -> dict[str, Any]:
+    """GLEAM-C top-k of every query of ``split`` re-ordered by GLEAM-X's P(same place)."""
+    import torch
+
+    from gleam.explain.model import collate
+    from gleam.explain.prompts import verdict_instruction
+    from gleam.explain.train import _read_split
+    from gleam.explain.vision import match_probabilities
+    from gleam.retrieval.embed import Embedder
+    from gleam.serving.app import verify_rerank
+
+    samples = _read_split(config.data.source, split, list(config.data.modalities))
+    tiles: dict[str, Any] = {}
+    for sample in samples:
+        tiles.setdefault(sample.location_id, sample)
+    tile_ids = sorted(tiles)
+    queries = [s for s in samples if s.query_image is not None]
+    embedder = Embedder(config.data.retrieval_checkpoint, device="cpu")
+    gallery = embedder.embed([tiles[t].satellite_array() for t in tile_ids], "satellite")
+    before = after = 0
+    differences, seconds = [], 0.0
+    languages = list(config.data.languages)
+    for position, query in enumerate(queries):
+        vector = embedder.embed([query.query_array()], query.modality)[0]
+        top = np.argsort(-(gallery @ vector))[:k]
+        candidates = [{"id": tile_ids[i], "score": float(gallery[i] @ vector)} for i in top]
+        language = languages[position % len(languages)]
+        pairs = [type("Pair", (), {"query_image": query.query_image, "satellite_image": tiles[c["id"]].satellite_image,
+                                   "answer": None, "instruction": verdict_instruction(language, query.modality,
+                                                                                       np.random.default_rng(0))})()
+                 for c in candidates]
+        started = time.perf_counter()
+        with torch.no_grad():
+            batch = collate(pairs, processor, image_size, 1 << 20, train=False)
+            model(**batch)
+        probabilities = match_probabilities(model)
+        seconds += time.perf_counter() - started
+        for candidate, probability in zip(candidates, probabilities):
+            candidate["match_probability"] = probability
+        ordered = verify_rerank([dict(c) for c in candidates])
+        hit_before = candidates[0]["id"] == query.location_id
+        hit_after = ordered[0]["id"] == query.location_id
+        before += hit_before
+        after += hit_after
+        differences.append(float(hit_after) - float(hit_before))
+    n = len(queries)
+    diff = np.array(differences)
+    return {"split": split, "queries": n, "gallery": len(tile_ids), "k": k,
+            "R@1_gleam_c": 100.0 * before / n, "R@1_reranked": 100.0 * after / n,
+            "difference_pp": 100.0 * float(diff.mean()),
+            "difference_se_pp": 100.0 * float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+            "recall_at_k_ceiling": None, "seconds_per_query": seconds / n if n else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join(ROOT, "data", "synth"))
+    parser.add_argument("--checkpoint", default=_default_checkpoint(), help="GLEAM-C checkpoint (vision + hard negatives)")
+    parser.add_argument("--variants", nargs="+", default=["native", "gleamc_frozen", "gleamc_last_stage"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--set", dest="extra", nargs="*", default=[], help="overrides for every variant")
+    parser.add_argument("--rerank-k", type=int, default=5)
+    parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "bench-explain"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "explain_grounded.json"))
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+
+    import ray
+
+    from gleam.config import load_config
+    from gleam.explain.evaluate import evaluate_examples
+    from gleam.explain.model import load_vlm
+    from gleam.explain.train import TrainExplainConfig, train_explain
+
+    try:
+        from gleam.provenance import provenance
+    except ImportError:  # older checkouts
+        provenance = None
+    started = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "bench_explain", "command": " ".join(sys.argv), "data": args.data,
+                              "gleam_c_checkpoint": args.checkpoint, "selection": {"split": "val",
+                              "metric": "verdict accuracy of the explanation prompt"}, "variants": {}}
+
+    def write() -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".tmp", "w") as handle:
+            json.dump(result, handle, indent=1, default=str)
+        os.replace(args.out + ".tmp", args.out)
+
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    configs = {}
+    for variant in args.variants:
+        overrides = [f"data.source={args.data}", f"data.retrieval_checkpoint={args.checkpoint}",
+                     f"model.vision.checkpoint={args.checkpoint}", f"run.output_dir={args.runs}",
+                     f"run.name={variant}", f"train.epochs={args.epochs}", *VARIANTS[variant], *args.extra]
+        config = load_config(TrainExplainConfig, os.path.join(ROOT, "configs", "explain-local.yaml"), overrides)
+        configs[variant] = config
+        row_started = time.perf_counter()
+        summary = train_explain(config)
+        val = summary["eval"].get("val", {})
+        result["variants"][variant] = {"overrides": VARIANTS[variant] + args.extra, "seconds": round(time.perf_counter() - row_started, 1),
+                                       "val": val, "final": summary.get("final"), "data": summary.get("data"),
+                                       "model": summary.get("merged_model")}
+        print(f"{variant}: val verdict accuracy {_verdict_accuracy(val):.3f}, "
+              f"claim precision {val.get('faithfulness', {}).get('precision')}", flush=True)
+        write()
+    chosen = max(result["variants"], key=lambda v: _verdict_accuracy(result["variants"][v]["val"]))
+    result["selection"]["chosen"] = chosen
+    config = configs[chosen]
+    model, processor = load_vlm(result["variants"][chosen]["model"])
+    model.eval()
+    examples = test_examples(config, "test")
+    test = evaluate_examples(model, processor, examples, image_size=config.model.image_size,
+                             max_new_tokens=config.train.max_new_tokens, batch_size=config.train.eval_batch)
+    test.pop("samples", None)
+    result["test"] = {"variant": chosen, **test}
+    if config.model.vision.enabled():
+        result["rerank"] = rerank(model, processor, config, "test", args.rerank_k, config.model.image_size)
+    if provenance is not None:
+        result["provenance"] = provenance(command=sys.argv, seeds={"run": config.run.seed},
+                                          checkpoints={"gleam_c": args.checkpoint})
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write()
+    ray.shutdown()
+    print(json.dumps({"chosen": chosen, "test_verdict_accuracy": _verdict_accuracy(test),
+                      "test_match_head": test.get("match_head", {}).get("overall", {}).get("accuracy"),
+                      "claim_precision": test.get("faithfulness", {}).get("precision"),
+                      "rerank": result.get("rerank")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

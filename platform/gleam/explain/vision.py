@@ -1,0 +1,450 @@
+"""GLEAM-X image tokens from a GLEAM-C checkpoint: place-aware vision, a match head, fact heads.
+
+The VLM's own vision tower is replaced by ``GleamVisionTower``: the GLEAM-C backbone (the encoder
+that retrieval trained to tell places apart) turns each image into its feature map; the
+map is average-pooled to the token grid the language model expects (Qwen2.5-VL: one token per
+``spatial_merge_size``^2 patches) and projected to the text width (the ``merger``, the projector
+peft trains as ``modules_to_save``).
+
+Two auxiliary heads sit on the pooled features, trained beside the answer loss
+(``auxiliary_loss``) and fed back into the image tokens (conditioning):
+
+- **match head** (per pair): an MLP over ``[q * s, |q - s|, cos(q, s)]`` of the two GLEAM-C
+  embeddings -> logit of P(same place).  Its probability is added to the satellite image's
+  first token through a learned vector, so the verdict the LM writes can follow the images.
+- **fact heads** (per image): logits of the checkable scene facts ``FACT_VOCAB`` (junction types,
+  nearest junction and tallest building directions, landmarks, building and green buckets:
+  the claims ``gleam.explain.prompts.check_claim`` verifies).  Their probabilities go into the
+  image's first token, so an explanation can state what the image shows.
+
+Image order: the tower sees a batch's images in prompt order; every GLEAM-X prompt holds two
+images, (query, satellite), so images ``2i`` and ``2i + 1`` are pair ``i``.
+
+Pixels: the Qwen2-VL processor's flattened patches are folded back into images (its
+``patchify`` layout: ``[grid_h/m, grid_w/m, m, m, C, T, P, P]``), un-normalised with the
+processor's mean/std and normalised with the GLEAM-C backbone's own (timm data config).
+
+Saved as ``gleam_vision.json`` (settings, GLEAM-C model config, shapes) and
+``gleam_vision.safetensors`` (every tower weight) beside a model folder; ``load_vlm`` attaches
+the tower when it finds them, so serving and evaluation need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VISION_CONFIG = "gleam_vision.json"
+VISION_WEIGHTS = "gleam_vision.safetensors"
+TRAIN_BACKBONE = ("frozen", "last_stage", "full")
+COMPASS_CENTER = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west",
+                  "center")
+
+
+@dataclass
+class VisionSettings:
+    """Where GLEAM-X's image tokens come from (``model.vision`` of the GLEAM-X config)."""
+
+    source: str = "native"  # "native": the VLM's own vision tower; "gleam_c": a GLEAM-C backbone
+    checkpoint: str = ""  # GLEAM-C checkpoint folder (or a name under models/) for source gleam_c
+    train_backbone: str = "frozen"  # frozen | last_stage (last block + conv head) | full
+    match_loss: float = 1.0  # weight of the match head's BCE beside the answer loss
+    fact_loss: float = 0.5  # weight of the fact heads' BCE
+    condition: bool = True  # feed the heads' probabilities into the first token of each image
+    hidden: int = 256  # width of the heads' hidden layers
+
+    def enabled(self) -> bool:
+        return self.source == "gleam_c"
+
+
+def check_vision_settings(settings: VisionSettings, key: str = "model.vision") -> None:
+    """Refuse unusable settings before any model or Ray work (key, value, fix)."""
+    if settings.source not in ("native", "gleam_c"):
+        raise ValueError(f"{key}.source: {settings.source!r} unknown; use 'native' (the VLM's own vision "
+                         "tower) or 'gleam_c' (a GLEAM-C checkpoint's backbone)")
+    if settings.train_backbone not in TRAIN_BACKBONE:
+        raise ValueError(f"{key}.train_backbone: {settings.train_backbone!r} unknown; use one of {list(TRAIN_BACKBONE)}")
+    if settings.enabled() and not settings.checkpoint:
+        raise ValueError(f"{key}.checkpoint: empty, but {key}.source is 'gleam_c'; give a GLEAM-C checkpoint "
+                         "folder (e.g. runs/gleam-c-local/final or models/gleam-c-lite0-synth)")
+    for name in ("match_loss", "fact_loss"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{key}.{name}: {getattr(settings, name)} is negative; use 0 to switch the head's loss off")
+
+
+# ------------------------------------------------------------------------------ facts
+
+
+def fact_vocab() -> list[tuple[str, str | None, str | None]]:
+    """The checkable facts the fact heads predict: ``(claim kind, value, direction)`` triples."""
+    from gleam.explain.prompts import BUILDING_BUCKETS, FEATURE_VALUES, GREEN_BUCKETS
+
+    vocab: list[tuple[str, str | None, str | None]] = []
+    vocab += [("junction", value, None) for value in ("crossroad", "T-junction", "roundabout")]
+    vocab += [("junction", "any", direction) for direction in COMPASS_CENTER]
+    vocab += [("feature", value, None) for value in FEATURE_VALUES]
+    vocab += [("feature", "water", direction) for direction in COMPASS_CENTER]
+    vocab += [("feature", "park", direction) for direction in COMPASS_CENTER]
+    vocab += [("buildings", bucket, None) for bucket in BUILDING_BUCKETS]
+    vocab += [("tallest", None, direction) for direction in COMPASS_CENTER]
+    vocab += [("green", bucket, None) for bucket in GREEN_BUCKETS]
+    return vocab
+
+
+FACT_VOCAB = fact_vocab()
+
+
+def fact_targets(facts: dict | None) -> list[float] | None:
+    """0/1 per ``FACT_VOCAB`` entry, by the same checker that scores explanations; None without facts."""
+    if not facts:
+        return None
+    from gleam.explain.prompts import Claim, check_claim
+
+    return [float(check_claim(Claim(kind, value, direction), facts)) for kind, value, direction in FACT_VOCAB]
+
+
+# ------------------------------------------------------------------------------ the tower
+
+
+def _images_from_patches(pixel_values: torch.Tensor, grid_thw: torch.Tensor, patch: int, merge: int,
+                         temporal: int) -> list[torch.Tensor]:
+    """Invert the Qwen2-VL processor's patch flattening: one ``(C, H, W)`` image per grid row."""
+    images, start = [], 0
+    for t, gh, gw in grid_thw.tolist():
+        count = t * gh * gw
+        rows = pixel_values[start:start + count]
+        start += count
+        channels = rows.shape[1] // (temporal * patch * patch)
+        x = rows.reshape(t, gh // merge, gw // merge, merge, merge, channels, temporal, patch, patch)
+        x = x[0, :, :, :, :, :, 0]  # the first frame: an image is one frame repeated
+        x = x.permute(4, 0, 2, 5, 1, 3, 6).reshape(channels, gh * patch, gw * patch)
+        images.append(x)
+    return images
+
+
+class TowerMerger(nn.Module):
+    """The trainable part of the tower: token projector, summary token, match and fact heads.
+
+    ``forward(embeddings (images, dim), features (images, channels), cells [(tokens_i, channels)])``
+    -> ``(tokens (sum tokens_i, hidden), match_logits (pairs,) or None, fact_logits (images, facts))``.
+    One module with one forward, so peft's ``modules_to_save`` wrapper can stand in for it."""
+
+    def __init__(self, channels: int, dim: int, text_hidden: int, hidden: int, condition: bool):
+        super().__init__()
+        facts = len(FACT_VOCAB)
+        self.condition = condition
+        self.tokens = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, text_hidden), nn.GELU(),
+                                    nn.Linear(text_hidden, text_hidden))
+        self.summary = nn.Sequential(nn.Linear(dim + facts, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden))
+        self.match_head = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.fact_head = nn.Sequential(nn.Linear(dim + channels, hidden), nn.GELU(), nn.Linear(hidden, facts))
+        self.match_token = nn.Linear(2, text_hidden)
+
+    def forward(self, embeddings: torch.Tensor, features: torch.Tensor, cells: list[torch.Tensor]):
+        fact_logits = self.fact_head(torch.cat([embeddings, features], dim=-1))
+        pairs = embeddings.shape[0] // 2
+        match_logits = None
+        if pairs:
+            query, satellite = embeddings[0:2 * pairs:2], embeddings[1:2 * pairs:2]
+            cosine = (query * satellite).sum(-1, keepdim=True)
+            match_logits = self.match_head(torch.cat([query * satellite, (query - satellite).abs(), cosine], -1))[:, 0]
+        tokens = []
+        for i, cell in enumerate(cells):
+            image_tokens = self.tokens(cell)
+            if self.condition:
+                summary = self.summary(torch.cat([embeddings[i], torch.sigmoid(fact_logits[i])]))
+                if i % 2 == 1 and match_logits is not None and i // 2 < pairs:
+                    probability = torch.sigmoid(match_logits[i // 2])
+                    summary = summary + self.match_token(torch.stack([probability, 1 - probability]))
+                image_tokens = torch.cat([image_tokens[:1] + summary, image_tokens[1:]], dim=0)
+            tokens.append(image_tokens)
+        return torch.cat(tokens, dim=0), match_logits, fact_logits
+
+
+class GleamVisionTower(nn.Module):
+    """A GLEAM-C backbone as the VLM's vision tower (see the module docstring).
+
+    ``forward(pixel_values, grid_thw)`` -> an object with ``pooler_output`` (and
+    ``last_hidden_state``): ``(sum over images of gh*gw / merge^2, text_hidden)`` tokens, what
+    Qwen2.5-VL's ``get_image_features`` expects of its ``visual``.  After each forward,
+    ``last_match_logits`` ``(pairs,)`` and ``last_fact_logits`` ``(images, len(FACT_VOCAB))`` hold
+    the heads' outputs for ``auxiliary_loss``.
+    """
+
+    def __init__(self, encoder_config: dict[str, Any], settings: VisionSettings, text_hidden: int,
+                 spatial_merge_size: int, patch_size: int, temporal_patch_size: int,
+                 processor_mean: Sequence[float], processor_std: Sequence[float]):
+        super().__init__()
+        from gleam.config import from_dict
+        from gleam.core.model import GleamEncoder, ModelConfig
+
+        config = from_dict(ModelConfig, dict(encoder_config), "gleam_vision encoder config")
+        config.pretrained, config.pretrained_path = None, None  # weights come from the checkpoint / saved tower
+        self.encoder = GleamEncoder(config)
+        self.settings = settings
+        self.encoder_config = asdict(config)
+        self.spatial_merge_size = spatial_merge_size
+        self.patch_size, self.temporal_patch_size = patch_size, temporal_patch_size
+        self.text_hidden = text_hidden
+        data = self.encoder.data_config()
+        self.register_buffer("processor_mean", torch.tensor(list(processor_mean)).view(3, 1, 1), persistent=False)
+        self.register_buffer("processor_std", torch.tensor(list(processor_std)).view(3, 1, 1), persistent=False)
+        self.register_buffer("encoder_mean", torch.tensor(list(data["mean"])).view(3, 1, 1), persistent=False)
+        self.register_buffer("encoder_std", torch.tensor(list(data["std"])).view(3, 1, 1), persistent=False)
+        # everything that trains beside the backbone lives under `merger` (peft modules_to_save)
+        self.merger = TowerMerger(self.encoder.backbone.num_features, self.encoder.embedding_dim, text_hidden,
+                                  settings.hidden, settings.condition)
+        self.last_match_logits: torch.Tensor | None = None
+        self.last_fact_logits: torch.Tensor | None = None
+        self.set_backbone_training()
+
+    # -- what trains ---------------------------------------------------------------------------
+
+    def set_backbone_training(self) -> None:
+        """``train_backbone``: frozen (no gradients), last_stage (the last block and conv head), full."""
+        mode = self.settings.train_backbone
+        backbone = self.encoder.backbone
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(mode == "full")
+        if mode == "last_stage":
+            blocks = getattr(backbone, "blocks", None)
+            last = [blocks[-1]] if blocks is not None else []  # EfficientNet: the last stage
+            for module in last + [getattr(backbone, name) for name in ("conv_head", "bn2") if hasattr(backbone, name)]:
+                module.requires_grad_(True)
+        self.encoder.head.requires_grad_(mode != "frozen")
+        self.encoder.logit_scale.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "GleamVisionTower":
+        super().train(mode)
+        if self.settings.train_backbone == "frozen":
+            self.encoder.eval()  # BatchNorm statistics and dropout as GLEAM-C left them
+        else:
+            self.encoder.train(mode)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        merge = self.spatial_merge_size
+        images = _images_from_patches(pixel_values.float(), grid_thw, self.patch_size, merge,
+                                      self.temporal_patch_size)
+        grids = [(gh // merge, gw // merge) for _, gh, gw in grid_thw.tolist()]
+        shapes = {tuple(image.shape) for image in images}
+        backbone_grad = self.settings.train_backbone != "frozen" and torch.is_grad_enabled()
+        maps, pooled = [], []
+        for shape in shapes:  # one forward per image shape
+            index = [i for i, image in enumerate(images) if tuple(image.shape) == shape]
+            batch = torch.stack([images[i] for i in index])
+            batch = (batch * self.processor_std + self.processor_mean - self.encoder_mean) / self.encoder_std
+            with torch.set_grad_enabled(backbone_grad):
+                feature_map = self.encoder.backbone.forward_features(batch)
+                features = self.encoder.backbone.forward_head(feature_map, pre_logits=True)
+                embedding = F.normalize(self.encoder.head(features), dim=-1)
+            for position, i in enumerate(index):
+                maps.append((i, feature_map[position]))
+                pooled.append((i, embedding[position], features[position]))
+        maps.sort(key=lambda item: item[0])
+        pooled.sort(key=lambda item: item[0])
+        embeddings = torch.stack([e for _, e, _ in pooled])  # (images, dim)
+        features = torch.stack([f for _, _, f in pooled])  # (images, channels)
+        cells = [F.adaptive_avg_pool2d(m.unsqueeze(0), grids[i])[0].flatten(1).transpose(0, 1) for i, m in maps]
+        tokens, match_logits, fact_logits = self.merger(embeddings, features, cells)
+        out = tokens.to(self.dtype)
+        self.last_match_logits, self.last_fact_logits = match_logits, fact_logits
+        return BaseModelOutputWithPooling(last_hidden_state=out, pooler_output=out)
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"settings": asdict(self.settings), "encoder_config": self.encoder_config,
+                "text_hidden": self.text_hidden, "spatial_merge_size": self.spatial_merge_size,
+                "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+                "processor_mean": self.processor_mean.flatten().tolist(),
+                "processor_std": self.processor_std.flatten().tolist(),
+                "fact_vocab": [list(entry) for entry in FACT_VOCAB]}
+
+    def save(self, folder: str) -> None:
+        """``gleam_vision.json`` + ``gleam_vision.safetensors`` into a local folder.  Under peft the
+        merger's trained copy (``modules_to_save``) is saved as the merger."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        state = {}
+        for key, value in self.state_dict().items():
+            if ".original_module." in key:
+                continue
+            key = key.replace(".modules_to_save.default.", ".")
+            state[key] = value.detach().cpu().contiguous()
+        save_file(state, os.path.join(folder, VISION_WEIGHTS))
+        with open(os.path.join(folder, VISION_CONFIG), "w", encoding="utf-8") as handle:
+            json.dump(self.describe(), handle, indent=1)
+
+
+# ------------------------------------------------------------------------------ attaching
+
+
+def _visual_owner(model: nn.Module) -> nn.Module:
+    """The module whose ``visual`` attribute is the vision tower (Qwen2-VL / Qwen2.5-VL)."""
+    for module in model.modules():
+        if hasattr(module, "visual") and isinstance(getattr(module, "visual"), nn.Module):
+            return module
+    raise ValueError(f"{type(model).__name__}: no `visual` vision tower to replace; model.vision.source "
+                     "'gleam_c' supports Qwen2-VL / Qwen2.5-VL models (set model.vision.source: native)")
+
+
+def resolve_gleam_c(name_or_path: str) -> str:
+    """A GLEAM-C checkpoint folder for ``model.vision.checkpoint``: a folder holding
+    ``config.json``, or a name under the repository's ``models/`` (``gleam.core.model.resolve_checkpoint``)."""
+    from gleam.core.model import CONFIG_NAME, resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(name_or_path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"model.vision.checkpoint: {error}; train one with ./run.sh demo "
+                                "(runs/gleam-c-local/final)") from None
+    if "://" not in path and not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        raise FileNotFoundError(f"model.vision.checkpoint: {path} is neither a GLEAM-C checkpoint folder "
+                                f"({CONFIG_NAME} + model.safetensors) nor a name under models/")
+    return path
+
+
+def find_tower(model: nn.Module) -> GleamVisionTower | None:
+    for module in model.modules():
+        if isinstance(module, GleamVisionTower):
+            return module
+    return None
+
+
+def _processor_stats(processor: Any) -> tuple[list[float], list[float]]:
+    image_processor = getattr(processor, "image_processor", processor)
+    return list(image_processor.image_mean), list(image_processor.image_std)
+
+
+def attach_gleam_vision(model: nn.Module, processor: Any, settings: VisionSettings) -> GleamVisionTower:
+    """Replace ``model``'s vision tower with a fresh ``GleamVisionTower`` whose backbone and head
+    are the GLEAM-C checkpoint ``settings.checkpoint``'s (heads and projector newly initialised)."""
+    from gleam.core.model import GleamEncoder
+
+    check_vision_settings(settings)
+    path = resolve_gleam_c(settings.checkpoint)
+    encoder = GleamEncoder.from_pretrained(path)
+    owner = _visual_owner(model)
+    native = owner.visual
+    vision_config = model.config.vision_config
+    mean, std = _processor_stats(processor)
+    tower = GleamVisionTower(asdict(encoder.config), settings, int(model.config.text_config.hidden_size),
+                             int(vision_config.spatial_merge_size), int(vision_config.patch_size),
+                             int(vision_config.temporal_patch_size), mean, std)
+    tower.encoder.load_state_dict(encoder.state_dict())
+    tower.to(device=next(native.parameters()).device)
+    owner.visual = tower
+    return tower
+
+
+def load_gleam_vision(model: nn.Module, folder: str) -> GleamVisionTower | None:
+    """Attach the tower saved in ``folder`` (``save``) to ``model``; None when the folder holds none."""
+    config_path = os.path.join(folder, VISION_CONFIG)
+    if not os.path.isfile(config_path):
+        return None
+    from safetensors.torch import load_file
+
+    from gleam.config import from_dict
+
+    with open(config_path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    vocab = [tuple(entry) for entry in saved.get("fact_vocab", [])]
+    if vocab != [tuple(entry) for entry in FACT_VOCAB]:
+        raise ValueError(f"{config_path}: its fact vocabulary ({len(vocab)} entries) differs from this version's "
+                         f"({len(FACT_VOCAB)}); retrain GLEAM-X (jobs/train_explain.py) with this version")
+    settings = from_dict(VisionSettings, saved["settings"], config_path)
+    owner = _visual_owner(model)
+    tower = GleamVisionTower(saved["encoder_config"], settings, saved["text_hidden"], saved["spatial_merge_size"],
+                             saved["patch_size"], saved["temporal_patch_size"], saved["processor_mean"],
+                             saved["processor_std"])
+    tower.load_state_dict(load_file(os.path.join(folder, VISION_WEIGHTS)), strict=True)
+    tower.to(device=next(owner.visual.parameters()).device)
+    owner.visual = tower
+    return tower
+
+
+def without_tower_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``model.state_dict()`` without the GLEAM tower's tensors (saved separately), or None when
+    the model has no tower (save as usual)."""
+    tower = find_tower(model)
+    if tower is None:
+        return None
+    prefix = next(name for name, module in model.named_modules() if module is tower) + "."
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+def auxiliary_loss(model: nn.Module, match: torch.Tensor | None, facts: torch.Tensor | None,
+                   fact_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Weighted BCE of the match head (``match``: (pairs,) 0/1) and the fact heads (``facts``:
+    (images, len(FACT_VOCAB)) 0/1, ``fact_mask``: (images,) 1 where the image has facts), from the
+    tower's last forward; ``(None, {})`` without a tower."""
+    tower = find_tower(model)
+    if tower is None or tower.last_match_logits is None:
+        return None, {}
+    settings = tower.settings
+    parts: dict[str, float] = {}
+    total = None
+    if match is not None and settings.match_loss:
+        logits = tower.last_match_logits
+        loss = F.binary_cross_entropy_with_logits(logits, match.to(logits.device, logits.dtype))
+        parts["match_loss"] = float(loss.detach())
+        parts["match_accuracy"] = float(((logits > 0).float() == match.to(logits.device)).float().mean())
+        total = settings.match_loss * loss
+    if facts is not None and settings.fact_loss and fact_mask is not None and bool(fact_mask.any()):
+        logits = tower.last_fact_logits
+        keep = fact_mask.to(logits.device).bool()
+        loss = F.binary_cross_entropy_with_logits(logits[keep], facts.to(logits.device, logits.dtype)[keep])
+        parts["fact_loss"] = float(loss.detach())
+        total = settings.fact_loss * loss if total is None else total + settings.fact_loss * loss
+    return total, parts
+
+
+def match_probabilities(model: nn.Module) -> list[float] | None:
+    """P(same place) per pair of the tower's last forward (None without a tower)."""
+    tower = find_tower(model)
+    if tower is None or tower.last_match_logits is None:
+        return None
+    return torch.sigmoid(tower.last_match_logits.detach().float()).cpu().tolist()
+
+
+def auxiliary_targets(examples: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(match (pairs,) or None, facts (2 * pairs, len(FACT_VOCAB)), fact_mask (2 * pairs,))`` of a
+    batch: the pair labels and each image's fact targets (query: the query location's facts,
+    satellite: the tile's); zeros with mask 0 where an example carries no facts or label."""
+    matches, facts, mask = [], [], []
+    for example in examples:
+        label = getattr(example, "match", None)
+        matches.append(None if label is None else float(bool(label)))
+        query_facts = getattr(example, "query_facts", None)
+        satellite_facts = getattr(example, "satellite_facts", None)
+        if satellite_facts is None and label:
+            satellite_facts = query_facts
+        for item in (query_facts, satellite_facts):
+            targets = fact_targets(item)
+            facts.append(targets or [0.0] * len(FACT_VOCAB))
+            mask.append(targets is not None)
+    match = None if any(m is None for m in matches) else torch.tensor(matches)
+    return match, torch.tensor(facts), torch.tensor(mask)

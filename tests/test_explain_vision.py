@@ -1,0 +1,177 @@
+"""GLEAM-X's GLEAM-C vision tower: pixels folded back exactly, save/load/merge keep every output,
+fact targets are the checker's truth, the match head learns, bad settings are refused."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gleam.core.model import GleamEncoder, ModelConfig
+from gleam.explain.model import (LoraSettings, VLMConfig, collate, load_adapter, load_image, load_vlm, merge_and_save,
+                                 resolve_model_path, save_adapter)
+from gleam.explain.vision import (FACT_VOCAB, GleamVisionTower, VisionSettings, _images_from_patches,
+                                  auxiliary_loss, auxiliary_targets, check_vision_settings, fact_targets, find_tower,
+                                  match_probabilities)
+
+IMAGE_SIZE = 56
+
+
+def picture(seed: int, size: int = IMAGE_SIZE) -> bytes:
+    pixels = (np.random.default_rng(seed).random((7, 7, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((size, size), Image.NEAREST).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def pair(query: int, satellite: int, match: bool, facts: dict | None = None):
+    return SimpleNamespace(query_image=picture(query), satellite_image=picture(satellite), match=match,
+                           instruction="Same place?", answer="Verdict: match" if match else "Verdict: no match",
+                           query_facts=facts, satellite_facts=None if match else facts)
+
+
+@pytest.fixture(scope="module")
+def gleam_c(tmp_path_factory) -> str:
+    """A small GLEAM-C checkpoint: ImageNet Lite0 from the pinned package, 32-d head."""
+    torch.manual_seed(0)
+    encoder = GleamEncoder(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="efficientnet_lite0",
+                                       embedding_dim=32, image_size=IMAGE_SIZE, panorama_size=[IMAGE_SIZE, 2 * IMAGE_SIZE]))
+    folder = str(tmp_path_factory.mktemp("gleam-c") / "ckpt")
+    encoder.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return resolve_model_path(VLMConfig(cache_dir=str(tmp_path_factory.mktemp("vlm"))))
+
+
+def outputs(model, batch):
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return logits, torch.tensor(match_probabilities(model))
+
+
+def test_patches_fold_back_into_the_images(tiny, gleam_c):
+    model, processor = load_vlm(tiny, vision=VisionSettings(source="gleam_c", checkpoint=gleam_c))
+    tower = find_tower(model)
+    assert isinstance(tower, GleamVisionTower)
+    examples = [pair(1, 2, True), pair(3, 4, False)]
+    batch = collate(examples, processor, IMAGE_SIZE, 256, train=False)
+    images = _images_from_patches(batch["pixel_values"], batch["image_grid_thw"], tower.patch_size,
+                                  tower.spatial_merge_size, tower.temporal_patch_size)
+    assert len(images) == 4
+    for image, data in zip(images, [examples[0].query_image, examples[0].satellite_image,
+                                    examples[1].query_image, examples[1].satellite_image]):
+        expected = torch.from_numpy(np.asarray(load_image(data, IMAGE_SIZE), dtype=np.float32) / 255).permute(2, 0, 1)
+        restored = image * tower.processor_std + tower.processor_mean
+        assert float((restored - expected).abs().max()) < 1e-5
+    # one token per merged patch, as the language model's placeholders expect
+    features = tower(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+    assert features.shape == (int(batch["image_grid_thw"].prod(-1).sum()) // 4, model.config.text_config.hidden_size)
+    assert tower.last_match_logits.shape == (2,) and tower.last_fact_logits.shape == (4, len(FACT_VOCAB))
+
+
+def test_adapter_and_merged_folders_keep_logits_and_match_head(tiny, gleam_c, tmp_path):
+    torch.manual_seed(3)
+    settings = VisionSettings(source="gleam_c", checkpoint=gleam_c, train_backbone="last_stage")
+    lora = LoraSettings(r=4, dropout=0.0, train_projector=True)
+    model, processor = load_vlm(tiny, lora, vision=settings)
+    tower = find_tower(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("merger" in n for n in trainable) and any("lora_" in n for n in trainable)
+    assert any("backbone.blocks.6" in n for n in trainable) and not any("backbone.blocks.0" in n for n in trainable)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    batch = collate([pair(1, 2, True), pair(5, 6, False)], processor, IMAGE_SIZE, 256)
+    expected_logits, expected_match = outputs(model, batch)
+    assert tower.settings.train_backbone == "last_stage"
+
+    adapter = save_adapter(model, processor, str(tmp_path / "adapter"))
+    reloaded, _ = load_adapter(tiny, adapter)
+    torch.testing.assert_close(outputs(reloaded, batch)[0], expected_logits)
+    torch.testing.assert_close(outputs(reloaded, batch)[1], expected_match)
+
+    merged = merge_and_save(model, processor, str(tmp_path / "merged"))
+    again, _ = load_vlm(merged)  # the folder brings its tower back; no checkpoint path needed
+    assert isinstance(find_tower(again), GleamVisionTower)
+    logits, match = outputs(again, batch)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(match, expected_match, atol=1e-5, rtol=1e-5)
+
+
+def test_fact_targets_are_the_checkers_truth():
+    facts = {"junctions": [{"type": "roundabout", "direction": "north"}],
+             "features": [{"type": "water", "kind": "lake", "direction": "east"},
+                          {"type": "park", "direction": "center"}],
+             "buildings": {"count": 30, "tallest": {"floors": 5, "direction": "west"}}, "green_fraction": 0.3}
+    targets = dict(zip(FACT_VOCAB, fact_targets(facts)))
+    assert targets[("junction", "roundabout", None)] == 1 and targets[("junction", "crossroad", None)] == 0
+    assert targets[("junction", "any", "north")] == 1 and targets[("junction", "any", "north-east")] == 1  # adjacent
+    assert targets[("junction", "any", "south")] == 0
+    assert targets[("feature", "lake", None)] == 1 and targets[("feature", "river", None)] == 0
+    assert targets[("feature", "water", "east")] == 1 and targets[("feature", "park", "center")] == 1
+    assert targets[("buildings", "moderate", None)] == 1 and targets[("buildings", "dense", None)] == 0
+    assert targets[("tallest", None, "west")] == 1 and targets[("green", "moderate", None)] == 1
+    assert fact_targets(None) is None
+    match, facts_tensor, mask = auxiliary_targets([pair(1, 2, False, facts), pair(3, 3, True, None)])
+    assert match.tolist() == [0.0, 1.0] and mask.tolist() == [True, True, False, False]
+    assert facts_tensor.shape == (4, len(FACT_VOCAB))
+
+
+def test_match_head_learns_same_place_from_gleam_c_features(tiny, gleam_c):
+    """Learning, not plumbing: only the tower's merger trains, on pairs whose satellite image is
+    the query itself (same place) or another picture; held-out pairs are then judged well above
+    chance (50 %)."""
+    torch.manual_seed(0)
+    model, processor = load_vlm(tiny, LoraSettings(enabled=False, train_projector=True),
+                                vision=VisionSettings(source="gleam_c", checkpoint=gleam_c, fact_loss=0.0))
+    tower = find_tower(model)
+    params = [p for p in tower.merger.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    rng = np.random.default_rng(0)
+
+    def pairs(seeds):
+        out = []
+        for seed in seeds:
+            same = bool(rng.random() < 0.5)
+            out.append(pair(seed, seed if same else seed + 1000, same))
+        return out
+
+    model.train()
+    for step in range(40):
+        chosen = pairs(rng.integers(0, 400, 8).tolist())
+        batch = collate(chosen, processor, IMAGE_SIZE, 256, train=False)
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+        loss, parts = auxiliary_loss(model, *auxiliary_targets(chosen))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = pairs(range(500, 532))
+    batch = collate(held_out, processor, IMAGE_SIZE, 256, train=False)
+    model.eval()
+    with torch.no_grad():
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+    predicted = [p >= 0.5 for p in match_probabilities(model)]
+    accuracy = float(np.mean([p == e.match for p, e in zip(predicted, held_out)]))
+    assert accuracy >= 0.8, accuracy
+
+
+def test_bad_vision_settings_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="model.vision.source"):
+        check_vision_settings(VisionSettings(source="clip"))
+    with pytest.raises(ValueError, match="model.vision.checkpoint"):
+        check_vision_settings(VisionSettings(source="gleam_c"))
+    with pytest.raises(ValueError, match="train_backbone"):
+        check_vision_settings(VisionSettings(source="gleam_c", checkpoint="x", train_backbone="half"))
+    from gleam.explain.vision import resolve_gleam_c
+
+    with pytest.raises(FileNotFoundError, match="model.vision.checkpoint"):
+        resolve_gleam_c(str(tmp_path / "missing"))
