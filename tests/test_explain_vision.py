@@ -175,3 +175,18 @@ def test_bad_vision_settings_are_refused_with_the_fix(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="model.vision.checkpoint"):
         resolve_gleam_c(str(tmp_path / "missing"))
+
+
+def test_verify_rerank_orders_by_match_probability_and_says_why():
+    from gleam.serving.app import verify_rerank
+
+    candidates = [{"id": "a", "match_probability": 0.2}, {"id": "b", "match_probability": 0.9},
+                  {"id": "c", "match_probability": None}, {"id": "d", "match_probability": 0.2}]
+    ordered = verify_rerank([dict(c) for c in candidates])
+    assert [c["id"] for c in ordered] == ["b", "a", "d", "c"]  # ties keep GLEAM-C's order; unverified last
+    assert [c["retrieval_rank"] for c in ordered] == [2, 1, 4, 3]
+    assert ordered[0]["moved"].startswith("up from #2 to #1") and "0.90" in ordered[0]["moved"]
+    assert ordered[2]["moved"].startswith("up from #4 to #3")
+    assert ordered[3]["moved"] == "down from #3 to #4: not verified"
+    unscored = [{"id": "x", "match_probability": None}, {"id": "y", "match_probability": None}]
+    assert [c["id"] for c in verify_rerank(unscored)] == ["x", "y"] and "moved" not in unscored[0]

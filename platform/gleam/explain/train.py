@@ -49,7 +49,9 @@ class ExplainDataSection:
     languages: list[str] = field(default_factory=lambda: ["en", "zh"])
     negatives_per_positive: int = 1
     hard_fraction: float = 0.5  # share of negatives taken from GLEAM-C's most similar wrong tiles
-    retrieval_checkpoint: InputPath = ""  # GLEAM-C checkpoint for hard negatives ("" = random negatives only)
+    # GLEAM-C checkpoint for hard negatives; "": the model.vision checkpoint when its source is
+    # gleam_c, else random negatives only
+    retrieval_checkpoint: InputPath = ""
     max_train_examples: int = 0  # 0 = all
     max_val_examples: int = 96
     # label-only supervision: this share of the training pairs also appears with a verdict-only
@@ -295,6 +297,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from gleam.explain.vision import auxiliary_loss, auxiliary_targets, find_tower
 
     has_tower = find_tower(model) is not None
+    teacher_rng = torch.Generator().manual_seed(config.run.seed * 1000 + rank)
 
     def epoch_examples(epoch: int) -> list[Any]:
         return warm_examples if epoch < config.train.verdict_only_epochs and warm_examples else train_examples
@@ -343,9 +346,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         for indices in batches(epoch):
             chosen = [examples[i] for i in indices]
             batch = _to_device(collate(chosen, processor, config.model.image_size, config.model.max_length), device)
+            if has_tower:
+                targets = auxiliary_targets(chosen)
+                find_tower(unwrap(wrapped)).set_teacher(*targets, generator=teacher_rng)
             loss = answer_loss(wrapped, batch, config.train.loss_reduction)
             if has_tower:  # the match and fact heads of the GLEAM-C vision tower (same forward)
-                aux, parts = auxiliary_loss(unwrap(wrapped), *auxiliary_targets(chosen))
+                aux, parts = auxiliary_loss(unwrap(wrapped), *targets)
                 if aux is not None:
                     loss = loss + aux
                 for key, value in parts.items():
@@ -630,6 +636,8 @@ def _check(config: TrainExplainConfig) -> None:
         # resolved on the driver (a name under models/, or a path against the launch directory):
         # a missing checkpoint fails here, before Ray work, and workers get an absolute path
         config.model.vision.checkpoint = os.path.abspath(resolve_gleam_c(config.model.vision.checkpoint))
+        if not config.data.retrieval_checkpoint:  # hard negatives from the same GLEAM-C
+            config.data.retrieval_checkpoint = config.model.vision.checkpoint
         if config.lora.enabled and not config.lora.train_projector:
             raise ValueError("lora.train_projector: false, but model.vision.source is 'gleam_c': the tower's "
                              "projector and match/fact heads (its `merger`) must train; set lora.train_projector: true")

@@ -52,11 +52,17 @@ class VisionSettings:
     """Where GLEAM-X's image tokens come from (``model.vision`` of the GLEAM-X config)."""
 
     source: str = "native"  # "native": the VLM's own vision tower; "gleam_c": a GLEAM-C backbone
-    checkpoint: str = ""  # GLEAM-C checkpoint folder (or a name under models/) for source gleam_c
+    # GLEAM-C checkpoint folder, a name under models/, or "auto" (models/gleam-c-lite0-synth, else
+    # the demo's runs/gleam-c-local/final) for source gleam_c
+    checkpoint: str = ""
     train_backbone: str = "frozen"  # frozen | last_stage (last block + conv head) | full
     match_loss: float = 1.0  # weight of the match head's BCE beside the answer loss
     fact_loss: float = 0.5  # weight of the fact heads' BCE
     condition: bool = True  # feed the heads' probabilities into the first token of each image
+    # in training, the share of images whose first token is fed the true label / facts instead of
+    # the heads' outputs (teacher conditioning: the LM learns to follow the token; at inference it
+    # is always the heads')
+    teacher_rate: float = 0.5
     hidden: int = 256  # width of the heads' hidden layers
 
     def enabled(self) -> bool:
@@ -146,7 +152,11 @@ class TowerMerger(nn.Module):
         self.fact_head = nn.Sequential(nn.Linear(dim + channels, hidden), nn.GELU(), nn.Linear(hidden, facts))
         self.match_token = nn.Linear(2, text_hidden)
 
-    def forward(self, embeddings: torch.Tensor, features: torch.Tensor, cells: list[torch.Tensor]):
+    def forward(self, embeddings: torch.Tensor, features: torch.Tensor, cells: list[torch.Tensor],
+                teacher: dict[str, torch.Tensor] | None = None):
+        """``teacher`` (training only): ``use`` (images,) bool, ``match`` (pairs,), ``facts``
+        (images, facts), ``mask`` (images,): where ``use`` (and the truth is known) the first token
+        carries the truth instead of the heads' outputs."""
         fact_logits = self.fact_head(torch.cat([embeddings, features], dim=-1))
         pairs = embeddings.shape[0] // 2
         match_logits = None
@@ -154,13 +164,22 @@ class TowerMerger(nn.Module):
             query, satellite = embeddings[0:2 * pairs:2], embeddings[1:2 * pairs:2]
             cosine = (query * satellite).sum(-1, keepdim=True)
             match_logits = self.match_head(torch.cat([query * satellite, (query - satellite).abs(), cosine], -1))[:, 0]
+        fact_probabilities = torch.sigmoid(fact_logits)
+        match_probabilities = torch.sigmoid(match_logits) if match_logits is not None else None
+        if teacher is not None:
+            use = teacher["use"].to(fact_probabilities.device)
+            known = use & teacher["mask"].to(use.device).bool()
+            fact_probabilities = torch.where(known[:, None], teacher["facts"].to(fact_probabilities), fact_probabilities)
+            if match_probabilities is not None and teacher.get("match") is not None:
+                pair_use = use[1:2 * pairs:2]
+                match_probabilities = torch.where(pair_use, teacher["match"].to(match_probabilities), match_probabilities)
         tokens = []
         for i, cell in enumerate(cells):
             image_tokens = self.tokens(cell)
             if self.condition:
-                summary = self.summary(torch.cat([embeddings[i], torch.sigmoid(fact_logits[i])]))
-                if i % 2 == 1 and match_logits is not None and i // 2 < pairs:
-                    probability = torch.sigmoid(match_logits[i // 2])
+                summary = self.summary(torch.cat([embeddings[i], fact_probabilities[i]]))
+                if i % 2 == 1 and match_probabilities is not None and i // 2 < pairs:
+                    probability = match_probabilities[i // 2]
                     summary = summary + self.match_token(torch.stack([probability, 1 - probability]))
                 image_tokens = torch.cat([image_tokens[:1] + summary, image_tokens[1:]], dim=0)
             tokens.append(image_tokens)
@@ -200,6 +219,7 @@ class GleamVisionTower(nn.Module):
         # everything that trains beside the backbone lives under `merger` (peft modules_to_save)
         self.merger = TowerMerger(self.encoder.backbone.num_features, self.encoder.embedding_dim, text_hidden,
                                   settings.hidden, settings.condition)
+        self.teacher: dict[str, torch.Tensor] | None = None  # set per training batch (set_teacher)
         self.last_match_logits: torch.Tensor | None = None
         self.last_fact_logits: torch.Tensor | None = None
         self.set_backbone_training()
@@ -264,10 +284,23 @@ class GleamVisionTower(nn.Module):
         embeddings = torch.stack([e for _, e, _ in pooled])  # (images, dim)
         features = torch.stack([f for _, _, f in pooled])  # (images, channels)
         cells = [F.adaptive_avg_pool2d(m.unsqueeze(0), grids[i])[0].flatten(1).transpose(0, 1) for i, m in maps]
-        tokens, match_logits, fact_logits = self.merger(embeddings, features, cells)
+        teacher = self.teacher if self.training else None
+        tokens, match_logits, fact_logits = self.merger(embeddings, features, cells, teacher)
         out = tokens.to(self.dtype)
         self.last_match_logits, self.last_fact_logits = match_logits, fact_logits
         return BaseModelOutputWithPooling(last_hidden_state=out, pooler_output=out)
+
+    def set_teacher(self, match: torch.Tensor | None, facts: torch.Tensor, mask: torch.Tensor,
+                    generator: torch.Generator | None = None) -> None:
+        """Teacher conditioning for the next training forward: each pair, with probability
+        ``settings.teacher_rate``, has the truth in its first tokens (``auxiliary_targets``' tensors)."""
+        rate = self.settings.teacher_rate
+        if not rate or not self.settings.condition:
+            self.teacher = None
+            return
+        pairs = facts.shape[0] // 2
+        coin = torch.rand(pairs, generator=generator) < rate
+        self.teacher = {"use": coin.repeat_interleave(2), "match": match, "facts": facts, "mask": mask}
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -308,11 +341,33 @@ def _visual_owner(model: nn.Module) -> nn.Module:
                      "'gleam_c' supports Qwen2-VL / Qwen2.5-VL models (set model.vision.source: native)")
 
 
+AUTO = "auto"
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DEFAULT_CHECKPOINTS = ("models/gleam-c-lite0-synth", "runs/gleam-c-local/final")
+
+
+def auto_checkpoint() -> str:
+    """``checkpoint: auto``: the repository's kept GLEAM-C model (``models/gleam-c-lite0-synth``)
+    when present, else the demo's (``runs/gleam-c-local/final`` of ``./run.sh demo``)."""
+    from gleam.core.model import CONFIG_NAME
+
+    for candidate in DEFAULT_CHECKPOINTS:
+        for base in (os.getcwd(), REPOSITORY):
+            path = os.path.join(base, candidate)
+            if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+                return path
+    raise FileNotFoundError(f"model.vision.checkpoint: auto found no GLEAM-C checkpoint (looked for "
+                            f"{' and '.join(DEFAULT_CHECKPOINTS)}); run ./run.sh demo, give a checkpoint "
+                            "folder, or set model.vision.source: native")
+
+
 def resolve_gleam_c(name_or_path: str) -> str:
     """A GLEAM-C checkpoint folder for ``model.vision.checkpoint``: a folder holding
     ``config.json``, or a name under the repository's ``models/`` (``gleam.core.model.resolve_checkpoint``)."""
     from gleam.core.model import CONFIG_NAME, resolve_checkpoint
 
+    if name_or_path == AUTO:
+        return auto_checkpoint()
     try:
         path = resolve_checkpoint(name_or_path)
     except FileNotFoundError as error:
