@@ -190,3 +190,26 @@ def test_verify_rerank_orders_by_match_probability_and_says_why():
     assert ordered[3]["moved"] == "down from #3 to #4: not verified"
     unscored = [{"id": "x", "match_probability": None}, {"id": "y", "match_probability": None}]
     assert [c["id"] for c in verify_rerank(unscored)] == ["x", "y"] and "moved" not in unscored[0]
+
+
+def test_grounded_decoding_keeps_the_head_verdict_and_the_best_supported_claims():
+    from gleam.explain.vision import answer_support, claim_probability, select_grounded
+    from gleam.explain.prompts import Claim
+
+    facts = {"junctions": [{"type": "roundabout", "direction": "north"}],
+             "features": [{"type": "water", "kind": "lake", "direction": "east"}],
+             "buildings": {"count": 30}, "green_fraction": 0.3}
+    sure = fact_targets(facts)  # a fact head that is certain and right
+    assert claim_probability(Claim("junction", "roundabout", "north"), sure) == 1.0
+    assert claim_probability(Claim("feature", "lake", None, present=False), sure) == 0.0
+    assert claim_probability(Claim("feature", "tennis", "north"), sure) == 0.0
+    true_text = "Both images show a roundabout to the north and a lake to the east.\nVerdict: match"
+    false_text = "Both images show a crossroads to the south and a river to the west.\nVerdict: match"
+    assert answer_support(true_text, sure, sure) == 1.0 and answer_support(false_text, sure, sure) == 0.0
+    refusal = "Unlike the satellite tile, the query view shows no lake.\nVerdict: no match"
+    # the head says "same place": the no-match answer is out, the true claims win over the greedy one
+    best, info = select_grounded([false_text, refusal, true_text], 0.9, sure, sure)
+    assert best == 2 and info == {"grounded": True, "candidates": 3, "agreeing": 2, "claim_support": 1.0}
+    assert select_grounded([false_text, refusal, true_text], 0.1, sure, sure)[0] == 1
+    best, info = select_grounded([false_text], 0.1, sure, sure)
+    assert best == 0 and info["grounded"] is False

@@ -581,14 +581,35 @@ def generate(model: nn.Module, processor, examples: Sequence[ExplainExample], im
     tokenizer = processor.tokenizer
     was_training = model.training
     model.eval()
+    from gleam.explain.vision import find_tower, head_outputs, select_grounded
+
+    tower = find_tower(unwrap(model))
+    candidates = tower.settings.candidates if tower is not None and not do_sample else 1
+    heads = head_outputs(unwrap(model), batch) if tower is not None else None
     try:
         output = unwrap(model).generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
             pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        if candidates > 1 and heads is not None:
+            # grounded decoding: sampled alternatives (seeded: the same request, the same answer)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                sampled = unwrap(model).generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=True, top_p=0.95, temperature=1.0,
+                    num_return_sequences=candidates - 1, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+            others = tokenizer.batch_decode(sampled[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            match, facts = heads
+            chosen = []
+            for row, greedy in enumerate(texts):
+                options = [greedy] + others[row * (candidates - 1):(row + 1) * (candidates - 1)]
+                best, _ = select_grounded(options, match[row], facts[2 * row], facts[2 * row + 1])
+                chosen.append(options[best])
+            texts = chosen
+            head_outputs(unwrap(model), batch)  # leave the prompt batch's head outputs for the caller
     finally:
         model.train(was_training)
-    new_tokens = output[:, batch["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class VisionSettings:
     # the heads' outputs (teacher conditioning: the LM learns to follow the token; at inference it
     # is always the heads')
     teacher_rate: float = 0.5
+    # grounded decoding: the greedy answer and candidates - 1 sampled ones are written, and the one
+    # whose verdict agrees with the match head and whose claims the fact heads find most likely is
+    # kept (1: greedy only)
+    candidates: int = 8
     hidden: int = 256  # width of the heads' hidden layers
 
     def enabled(self) -> bool:
@@ -503,3 +507,92 @@ def auxiliary_targets(examples: Sequence[Any]) -> tuple[torch.Tensor | None, tor
             mask.append(targets is not None)
     match = None if any(m is None for m in matches) else torch.tensor(matches)
     return match, torch.tensor(facts), torch.tensor(mask)
+
+
+# ------------------------------------------------------------------------------ grounded decoding
+
+
+def _fact_index() -> dict[tuple, int]:
+    return {entry: i for i, entry in enumerate(FACT_VOCAB)}
+
+
+def claim_probability(claim: Any, facts: Sequence[float]) -> float:
+    """P(``claim`` is true) under one image's fact-head probabilities (``FACT_VOCAB`` order): the
+    entry that states it (a direction where the vocabulary has one, else presence), negated for
+    ``present=False``; 0.5 where the vocabulary cannot tell."""
+    index = _fact_index()
+    kind, value, direction = claim.kind, claim.value, claim.direction
+    probability = None
+    if kind == "junction":
+        keys = ([("junction", "any", direction)] if direction else []) + (
+            [("junction", value, None)] if value not in (None, "any") else [])
+        found = [facts[index[k]] for k in keys if k in index]
+        probability = min(found) if found else None
+    elif kind == "feature":
+        keys = ([("feature", value, direction)] if direction else []) + [("feature", value, None)]
+        found = [facts[index[k]] for k in keys if k in index]
+        probability = found[0] if found else None
+    elif kind == "buildings":
+        probability = facts[index[("buildings", value, None)]] if ("buildings", value, None) in index else None
+    elif kind == "building_count":
+        from gleam.explain.prompts import building_bucket
+
+        key = ("buildings", building_bucket(int(value)), None)
+        probability = facts[index[key]] if key in index else None
+    elif kind == "tallest":
+        key = ("tallest", None, direction)
+        probability = facts[index[key]] if direction and key in index else None
+    elif kind == "green":
+        key = ("green", value, None)
+        probability = facts[index[key]] if key in index else None
+    if probability is None:
+        return 0.5
+    return float(probability if claim.present else 1.0 - probability)
+
+
+def answer_support(text: str, query_facts: Sequence[float], satellite_facts: Sequence[float]) -> float:
+    """Mean P(true) of the claims ``text`` states, each side judged by its image's fact heads
+    (``both``: the less likely of the two); 0.5 for an answer without claims."""
+    from gleam.explain.prompts import extract_claims, script_language
+
+    claims = extract_claims(text, script_language(text) or "en")
+    if not claims:
+        return 0.5
+    scores = []
+    for claim in claims:
+        if claim.side == "query":
+            scores.append(claim_probability(claim, query_facts))
+        elif claim.side == "satellite":
+            scores.append(claim_probability(claim, satellite_facts))
+        else:
+            scores.append(min(claim_probability(claim, query_facts), claim_probability(claim, satellite_facts)))
+    return float(sum(scores) / len(scores))
+
+
+def select_grounded(candidates: Sequence[str], match_probability: float, query_facts: Sequence[float],
+                    satellite_facts: Sequence[float]) -> tuple[int, dict[str, Any]]:
+    """Which of ``candidates`` (the greedy answer first) GLEAM-X answers: among those whose verdict
+    is the match head's (P >= 0.5), the one whose claims the fact heads support most (earlier wins
+    ties); when none agrees, the greedy one, flagged ``grounded: false``."""
+    from gleam.explain.prompts import parse_answer
+
+    wanted = match_probability >= 0.5
+    agree = [i for i, text in enumerate(candidates) if parse_answer(text).verdict == wanted]
+    if not agree:
+        return 0, {"grounded": False, "candidates": len(candidates), "agreeing": 0}
+    supports = {i: answer_support(candidates[i], query_facts, satellite_facts) for i in agree}
+    best = max(agree, key=lambda i: (supports[i], -i))
+    return best, {"grounded": True, "candidates": len(candidates), "agreeing": len(agree),
+                  "claim_support": round(supports[best], 4)}
+
+
+def head_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[list[float]]] | None:
+    """``(P(same place) per pair, fact probabilities per image)`` of a prompt batch, from the tower
+    alone (no language model); None without a tower."""
+    tower = find_tower(model)
+    if tower is None or "pixel_values" not in batch:
+        return None
+    with torch.no_grad():
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+    return (torch.sigmoid(tower.last_match_logits.float()).cpu().tolist(),
+            torch.sigmoid(tower.last_fact_logits.float()).cpu().tolist())
