@@ -152,8 +152,10 @@ class TowerMerger(nn.Module):
         self.tokens = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, text_hidden), nn.GELU(),
                                     nn.Linear(text_hidden, text_hidden))
         self.summary = nn.Sequential(nn.Linear(dim + facts, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden))
-        self.match_head = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        self.fact_head = nn.Sequential(nn.Linear(dim + channels, hidden), nn.GELU(), nn.Linear(hidden, facts))
+        # dropout before the heads' last layer: a few hundred training places are easy to memorise
+        self.match_head = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+        self.fact_head = nn.Sequential(nn.Linear(dim + channels, hidden), nn.GELU(), nn.Dropout(0.2),
+                                       nn.Linear(hidden, facts))
         self.match_token = nn.Linear(2, text_hidden)
 
     def forward(self, embeddings: torch.Tensor, features: torch.Tensor, cells: list[torch.Tensor],
@@ -573,13 +575,14 @@ def select_grounded(candidates: Sequence[str], match_probability: float, query_f
                     satellite_facts: Sequence[float]) -> tuple[int, dict[str, Any]]:
     """Which of ``candidates`` (the greedy answer first) GLEAM-X answers: among those whose verdict
     is the match head's (P >= 0.5), the one whose claims the fact heads support most (earlier wins
-    ties); when none agrees, the greedy one, flagged ``grounded: false``."""
+    ties); when none agrees, the first (greedy first) that states a verdict, flagged ``grounded: false``."""
     from gleam.explain.prompts import parse_answer
 
     wanted = match_probability >= 0.5
     agree = [i for i, text in enumerate(candidates) if parse_answer(text).verdict == wanted]
-    if not agree:
-        return 0, {"grounded": False, "candidates": len(candidates), "agreeing": 0}
+    if not agree:  # the greedy answer, or the first that states a verdict at all
+        parsed = [i for i, text in enumerate(candidates) if parse_answer(text).verdict is not None]
+        return (parsed[0] if parsed else 0), {"grounded": False, "candidates": len(candidates), "agreeing": 0}
     supports = {i: answer_support(candidates[i], query_facts, satellite_facts) for i in agree}
     best = max(agree, key=lambda i: (supports[i], -i))
     return best, {"grounded": True, "candidates": len(candidates), "agreeing": len(agree),
