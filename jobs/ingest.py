@@ -19,7 +19,7 @@ from gleam.runtime import run_job
 
 def summarize(config: IngestConfig, report: dict) -> dict:
     keys = ("dataset", "output", "num_samples", "num_shards", "counts", "skipped_count", "skipped_by_reason",
-            "duplicates_removed", "seconds")
+            "duplicates_removed", "scaling", "seconds")
     return {**{k: report[k] for k in keys if k in report},
             "flags": {name: flag.get("note", flag) if isinstance(flag, dict) else flag
                       for name, flag in report.get("flags", {}).items()},

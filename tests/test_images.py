@@ -248,3 +248,105 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
         np.testing.assert_array_equal(explained, np.asarray(Image.fromarray(expected).resize(
             (16, 16), Image.Resampling.BICUBIC)), err_msg=f"{name}: GLEAM-X")
         assert _read_image(urls[name]) == (data, None)
+
+
+# --------------------------------------------------------------------------- bit depth as the data is
+
+
+def _png16_rgb(values: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (Pillow cannot write one), rows unfiltered."""
+    import struct
+    import zlib
+
+    height, width, _ = values.shape
+    raw = b"".join(b"\x00" + values[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _sbit(bits: int):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([bits]))
+    return info
+
+
+def test_twelve_bit_and_satellite_dn_data_keep_their_levels():
+    twelve = RNG.integers(0, 4096, (H, W)).astype(np.uint16)  # a 12-bit sensor in a 16-bit PNG
+    decoded = decode_image(_save(Image.fromarray(twelve), "PNG"))
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], (twelve.astype(np.int64) * 255 + 2047) // 4095)
+    info = decoded.info
+    assert (info.scaling, info.source_bits, info.significant_bits) == ("inferred_bits", 16, 12)
+    assert info.used_range == (int(twelve.min()), int(twelve.max())) and len(np.unique(decoded.pixels)) > 200
+    assert info.notes()["scaling"] == "inferred_bits" and info.to_json()["used_range"] == list(info.used_range)
+    assert len(np.unique(np.rint(twelve / 257))) <= 17  # the old rule (v / 257): 17 grey levels
+
+    ten = RNG.integers(0, 1024, (H, W)).astype(np.uint16)  # the file says: 10 significant bits (sBIT)
+    declared = decode_image(_save(Image.fromarray(ten), "PNG", pnginfo=_sbit(10)))
+    assert (declared.info.scaling, declared.info.significant_bits) == ("declared_bits", 10)
+    np.testing.assert_array_equal(declared.pixels[:, :, 0], (ten.astype(np.int64) * 255 + 511) // 1023)
+
+    dn = RNG.integers(0, 3001, (H, W)).astype(np.uint16)  # TIFF SMaxSampleValue = 3000 (satellite DN)
+    tiff = decode_image(_save(Image.fromarray(dn), "TIFF", tiffinfo={341: 3000}))
+    assert tiff.info.scaling == "declared_max" and tiff.info.format == "TIFF"
+    np.testing.assert_array_equal(tiff.pixels[:, :, 0], (dn.astype(np.int64) * 255 + 1500) // 3000)
+
+    narrow = (RNG.integers(0, 300, (H, W)) + 20_000).astype(np.uint16)  # DN values in a narrow band
+    stretched = decode_image(_save(Image.fromarray(narrow), "PNG"))
+    assert stretched.info.scaling == "used_range" and "low dynamic range" in stretched.info.warning
+    assert stretched.pixels.min() == 0 and stretched.pixels.max() == 255 and len(np.unique(stretched.pixels)) > 200
+    assert stretched.info.notes()["warning"] == stretched.info.warning
+
+    full = decode_image(table_gray16())  # data using the 16th bit: the full range, as before
+    assert full.info.scaling == "uint16_range" and full.info.warning == ""
+
+    wide32 = decode_image(_save(Image.fromarray(twelve.astype(np.int32), "I"), "TIFF"))
+    assert (wide32.info.scaling, wide32.info.source_bits) == ("inferred_bits", 32)
+    reflectance = (RNG.random((H, W)) * 0.05).astype(np.float32)  # float reflectance 0..0.05
+    floats = decode_image(_save(Image.fromarray(reflectance, "F"), "TIFF"))
+    assert floats.info.scaling == "used_range" and floats.pixels.max() == 255
+    flat = decode_image(_save(Image.fromarray(np.full((H, W), 20_000, np.uint16)), "PNG"))
+    assert flat.info.scaling == "uint16_range" and flat.info.warning == ""  # constant: nothing to stretch
+
+
+def table_gray16() -> bytes:
+    return gray16_png()[0]
+
+
+def test_sixteen_bit_colour_is_recorded_and_a_flat_top_byte_stretched():
+    deep = RNG.integers(0, 65536, (H, W, 3))
+    full = decode_image(_png16_rgb(deep))
+    np.testing.assert_array_equal(full.pixels, deep >> 8)  # Pillow's top byte
+    assert (full.info.source_bits, full.info.scaling) == (16, "high_byte") and "top 8 bits" in full.info.warning
+    twelve = RNG.integers(0, 4096, (H, W, 3))  # 12-bit colour: the top byte spans 0..15
+    low = decode_image(_png16_rgb(twelve))
+    assert low.info.scaling == "used_range" and low.pixels.max() == 255 and "low dynamic range" in low.info.warning
+    np.testing.assert_array_equal(low.pixels, np.rint((twelve >> 8) * 17).astype(np.uint8))
+
+
+def test_ingest_records_the_scaling_and_warns_once_per_file(tmp_path):
+    from gleam.config import ShardConfig
+    from gleam.data.ingest.common import IngestPart, IngestPlan, PairRecord, build_report, write_part_task
+
+    tile = tmp_path / "tile.png"
+    Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tile)
+    narrow = tmp_path / "dn.png"
+    Image.fromarray((RNG.integers(0, 300, (16, 16)) + 20_000).astype(np.uint16)).save(narrow)
+    twelve = tmp_path / "twelve.png"
+    Image.fromarray(RNG.integers(0, 4096, (16, 16)).astype(np.uint16)).save(twelve)
+    records = [PairRecord(key=f"k{i}", location_id=f"l{i}", split="train", modality="ground", satellite=str(tile),
+                          query=str(query), latitude=1.0, longitude=2.0)
+               for i, query in enumerate([narrow, twelve, narrow])]
+    result = write_part_task(str(tmp_path / "out"), IngestPart("train-ground-0000", "train", "ground", records),
+                             "test", str(tmp_path), ShardConfig(), False, None)
+    assert result["scaling"] == {"query:inferred_bits": 1, "query:used_range": 2, "satellite:none": 3}
+    depth = [w for w in result["warnings"] if w["reason"] == "image_depth"]
+    assert [w["file"] for w in depth] == ["dn.png"] and "low dynamic range" in depth[0]["detail"]
+    report = build_report(IngestPlan("manifest", "test", str(tmp_path), records), str(tmp_path / "out"), [result],
+                          [], [], False, 512, None)
+    assert report["scaling"] == result["scaling"] and report["warnings_by_reason"] == {"image_depth": 1}

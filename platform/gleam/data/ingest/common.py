@@ -66,6 +66,7 @@ BAD_COORDINATES = "bad_coordinates"
 BAD_VALUE = "bad_value"
 INVALID_SAMPLE = "invalid_sample"
 UNUSED_SATELLITE = "satellite_without_queries"
+IMAGE_DEPTH = "image_depth"  # a warning: deep or low-dynamic-range data scaled (gleam.data.images rule 4)
 
 
 class LayoutError(ValueError):
@@ -382,6 +383,15 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
     def skip(record: PairRecord, reason: str, url: str, detail: str) -> None:
         skipped.append(asdict(Skip(reason, relative_name(url, root), detail, record.key)))
 
+    warned: set[str] = set()
+
+    def depth_warning(record: PairRecord, url: str, image: PreparedImage, role: str) -> None:
+        """A decode that scaled low-dynamic-range or deep-colour data is worth one warning per file."""
+        if image.decoding.get("warning") and url not in warned:
+            warned.add(url)
+            warnings.append(asdict(Skip(IMAGE_DEPTH, relative_name(url, root),
+                                        f"{role} image: {image.decoding['warning']}", record.key)))
+
     for record in records:
         tile = satellite(record.satellite)
         if isinstance(tile, ImageProblem):
@@ -392,6 +402,7 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
         metadata["satellite_size"] = [tile.width, tile.height]
         if tile.decoding:
             metadata["satellite_decoding"] = tile.decoding
+            depth_warning(record, record.satellite, tile, "satellite")
         if record.query is not None:
             try:
                 query = _load_image(record.query, max_side, jpeg_quality)
@@ -401,6 +412,7 @@ def part_samples(records: list[PairRecord], source: str, root: str, max_side: in
             metadata["query_size"] = [query.width, query.height]
             if query.decoding:
                 metadata["query_decoding"] = query.decoding
+                depth_warning(record, record.query, query, "query")
             if record.modality == "panorama":
                 metadata["panorama_aspect"] = round(query.width / query.height, 3)
             if record.query_aspect and abs(query.width / query.height - record.query_aspect) > \
@@ -450,6 +462,16 @@ def plan_parts(records: list[PairRecord], records_per_part: int) -> list[IngestP
     return parts
 
 
+def image_scaling(metadata: dict[str, Any]) -> Counter[str]:
+    """``{"query:inferred_bits": 1, ...}``: how a sample's images were scaled to 8 bits (images
+    decoded plainly count as ``none``)."""
+    out: Counter[str] = Counter()
+    for role in ("query", "satellite"):
+        if f"{role}_size" in metadata:
+            out[f"{role}:{metadata.get(f'{role}_decoding', {}).get('scaling', 'none')}"] += 1
+    return out
+
+
 def _skips_url(output: str, part: str) -> str:
     return storage.join(output, WORK_DIR, f"{part}.skips.json")
 
@@ -457,16 +479,19 @@ def _skips_url(output: str, part: str) -> str:
 def write_part_task(output: str, part: IngestPart, source: str, root: str, shard_config: ShardConfig,
                     resume: bool, max_side: int | None) -> dict[str, Any]:
     """One Ray task: write a part (or find it complete) and return its record and skip lists."""
-    problems: dict[str, Any] = {"skipped": [], "warnings": [], "panorama_aspects": {}}
+    problems: dict[str, Any] = {"skipped": [], "warnings": [], "panorama_aspects": {}, "scaling": {}}
 
     def make_samples() -> Iterator[Sample]:
         aspects: Counter[str] = Counter()
+        scaling: Counter[str] = Counter()
         for sample in part_samples(part.records, source, root, max_side, shard_config.jpeg_quality,
                                    problems["skipped"], problems["warnings"]):
             if "panorama_aspect" in sample.metadata:
                 aspects[f"{sample.metadata['panorama_aspect']:g}"] += 1
+            scaling.update(image_scaling(sample.metadata))
             yield sample
         problems["panorama_aspects"] = dict(sorted(aspects.items()))
+        problems["scaling"] = dict(sorted(scaling.items()))
         # published before write_part writes the part record: a complete part always has its list
         storage.write_json(_skips_url(output, part.name), problems)
 
@@ -479,7 +504,7 @@ def write_part_task(output: str, part: IngestPart, source: str, root: str, shard
                 "skip_list_unavailable", part.name,
                 "part was complete from an earlier run whose skip list is missing"))]}
     return {"part": part.name, "split": part.split, "modality": part.modality, "resumed": record.skipped,
-            "panorama_aspects": problems.get("panorama_aspects", {}),
+            "panorama_aspects": problems.get("panorama_aspects", {}), "scaling": problems.get("scaling", {}),
             "samples": record.samples, "seconds": record.seconds, "record": record.to_json(),
             "skipped": problems["skipped"], "warnings": problems["warnings"]}
 
@@ -638,6 +663,8 @@ def build_report(plan: IngestPlan, output: str, results: list[dict[str, Any]], d
         "conflicts": conflicts,
         "warnings_by_reason": dict(sorted(Counter(w["reason"] for w in warnings).items())),
         "panorama_aspects": panorama_aspects(results),
+        # images by how their samples became 8-bit (gleam.data.images rule 4): "query:inferred_bits"...
+        "scaling": dict(sorted(sum((Counter(r.get("scaling", {})) for r in results), Counter()).items())),
         "warnings": warnings,
         "flags": {**plan.flags, "dedupe": dedupe, "max_side": max_side, "records_per_part": records_per_part},
         "notes": plan.notes,
