@@ -58,7 +58,7 @@ def _command(prov: dict) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
-def card(result: dict, row: dict, name: str, sha256: str) -> str:
+def card(result: dict, row: dict, name: str, sha256: str, note: str = "") -> str:
     bench = _bench()
     config = bench._config(row["image_size"], row["global_batch"], row["overrides"])
     phase = config.phases[0]
@@ -134,6 +134,8 @@ def card(result: dict, row: dict, name: str, sha256: str) -> str:
         *_table(test),
         "",
     ]
+    if note:
+        lines += [f"Note: {note}", ""]
     if row.get("held_out_flip"):
         flip = row["held_out_flip"]["views"]
         lines += ["With flip test-time augmentation (`tta.flip: true`), R@1: "
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--row", type=int, default=0)
     parser.add_argument("--name", default="gleam-c-lite0-synth")
     parser.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
+    parser.add_argument("--note", default="", help="one paragraph added to the card as it is")
     args = parser.parse_args()
     with open(args.result) as handle:
         result = json.load(handle)
@@ -189,7 +192,7 @@ def main() -> None:
     if recorded.get("files", {}).get("model.safetensors") not in (None, sha256):
         raise SystemExit(f"{source}/model.safetensors differs from the sha256 the result file recorded")
     with open(os.path.join(target, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
-        handle.write(card(result, row, args.name, sha256))
+        handle.write(card(result, row, args.name, sha256, args.note))
     print(f"wrote {target} (model.safetensors sha256 {sha256})")
 
 
