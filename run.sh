@@ -47,10 +47,15 @@ case "$command" in
     ;;
   serve)
     setup
-    [ -f runs/gleam-c-local/final/config.json ] || "$0" demo
-    "$PY" jobs/build_index.py --config configs/build-index-local.yaml
+    # GLEAM-C: the kept checkpoint models/gleam-c-lite0-synth (MODEL_CARD.md) when present, else the
+    # demo's run; queries are then embedded with the checkpoint the index records (checkpoint: "")
+    if [ -f models/gleam-c-lite0-synth/config.json ]; then GLEAM_C=gleam-c-lite0-synth
+      [ -f data/synth/manifest.json ] || "$PY" jobs/make_shards.py --config configs/make-shards-local.yaml
+    else GLEAM_C=runs/gleam-c-local/final; [ -f "$GLEAM_C/config.json" ] || "$0" demo; fi
+    "$PY" jobs/build_index.py --config configs/build-index-local.yaml checkpoint="$GLEAM_C"
+    mkdir -p runs && sed 's#^\( *\)checkpoint: .*#\1checkpoint: ""#' configs/serve-local.yaml > runs/serve-local.yaml
     [ -f runs/gleam-x-local/final/config.json ] || "$PY" jobs/train_explain.py --config configs/explain-local.yaml
-    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/serve" run configs/serve-local.yaml
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/serve" run runs/serve-local.yaml
     ;;
   bench)
     setup

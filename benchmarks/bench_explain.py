@@ -15,10 +15,15 @@ Protocol (held-out regions, hard negatives included, both languages):
   pair kind and language, the match head alone, claim precision / strict precision / recall per
   language and claim kind, BLEU, ROUGE-L and the packaged all-MiniLM-L6-v2 explanation
   similarity per language;
-- re-ranking: every test query's GLEAM-C top-``--rerank-k`` tiles of the test gallery (query
-  tiles + distractors) are re-ordered by GLEAM-X's P(same place) (``serving.app.verify_rerank``,
-  the rule serving applies); R@1 before and after with the paired standard error, and the
-  seconds GLEAM-X adds per query (one prompt forward per candidate, batched).
+- re-ranking: every query's GLEAM-C top-``--rerank-k`` tiles of its split's gallery are
+  re-ordered by GLEAM-C's cosine + w x logit(GLEAM-X's P(same place)) (``serving.app.verify_rerank``,
+  the rule serving applies with ``verify_weight``); w is chosen on *val* queries (ties: the
+  smallest, so w = 0, GLEAM-C's own order, wins unless verification helps), then test R@1 before
+  and after at that w, with the paired standard error, the R@k ceiling, and the seconds GLEAM-X
+  adds per query (one prompt forward per candidate, batched).
+
+``--rerank-only MODEL`` re-scores only the re-ranking of an already trained GLEAM-X folder
+(``--variant`` names its overrides) and writes ``rerank`` into the existing ``--out`` file.
 
 Variants: ``native`` (the VLM's own, randomly initialised vision tower: the baseline),
 ``gleamc_frozen`` (GLEAM-C backbone frozen, tokens + heads train), ``gleamc_last_stage``
@@ -30,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -70,8 +77,12 @@ def test_examples(config: Any, split: str) -> list[Any]:
                                hard_fraction=data.hard_fraction, hard_neighbours=neighbours, seed=config.run.seed + 7))
 
 
-def rerank(model: Any, processor: Any, config: Any, split: str, k: int, image_size: int) -> dict[str, Any]:
-    """GLEAM-C top-k of every query of ``split`` re-ordered by GLEAM-X's P(same place)."""
+RERANK_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, math.inf)
+
+
+def rerank_lists(model: Any, processor: Any, config: Any, split: str, k: int) -> dict[str, Any]:
+    """GLEAM-C's top-k tiles (of ``split``'s gallery) for every query of ``split``, each with its
+    cosine score and GLEAM-X's P(same place), and the seconds the verification took."""
     import torch
 
     from gleam.explain.model import collate
@@ -79,7 +90,6 @@ def rerank(model: Any, processor: Any, config: Any, split: str, k: int, image_si
     from gleam.explain.train import _read_split
     from gleam.explain.vision import match_probabilities
     from gleam.retrieval.embed import Embedder
-    from gleam.serving.app import verify_rerank
 
     samples = _read_split(config.data.source, split, list(config.data.modalities))
     tiles: dict[str, Any] = {}
@@ -89,39 +99,65 @@ def rerank(model: Any, processor: Any, config: Any, split: str, k: int, image_si
     queries = [s for s in samples if s.query_image is not None]
     embedder = Embedder(config.data.retrieval_checkpoint, device="cpu")
     gallery = embedder.embed([tiles[t].satellite_array() for t in tile_ids], "satellite")
-    before = after = 0
-    differences, seconds = [], 0.0
+    lists, seconds = [], 0.0
     languages = list(config.data.languages)
     for position, query in enumerate(queries):
         vector = embedder.embed([query.query_array()], query.modality)[0]
         top = np.argsort(-(gallery @ vector))[:k]
         candidates = [{"id": tile_ids[i], "score": float(gallery[i] @ vector)} for i in top]
         language = languages[position % len(languages)]
-        pairs = [type("Pair", (), {"query_image": query.query_image, "satellite_image": tiles[c["id"]].satellite_image,
-                                   "answer": None, "instruction": verdict_instruction(language, query.modality,
-                                                                                       np.random.default_rng(0))})()
+        pairs = [SimpleNamespace(query_image=query.query_image, satellite_image=tiles[c["id"]].satellite_image,
+                                 answer=None, instruction=verdict_instruction(language, query.modality,
+                                                                              np.random.default_rng(0)))
                  for c in candidates]
         started = time.perf_counter()
         with torch.no_grad():
-            batch = collate(pairs, processor, image_size, 1 << 20, train=False)
-            model(**batch)
+            model(**collate(pairs, processor, config.model.image_size, 1 << 20, train=False))
         probabilities = match_probabilities(model)
         seconds += time.perf_counter() - started
         for candidate, probability in zip(candidates, probabilities):
-            candidate["match_probability"] = probability
-        ordered = verify_rerank([dict(c) for c in candidates])
-        hit_before = candidates[0]["id"] == query.location_id
-        hit_after = ordered[0]["id"] == query.location_id
-        before += hit_before
-        after += hit_after
-        differences.append(float(hit_after) - float(hit_before))
-    n = len(queries)
-    diff = np.array(differences)
-    return {"split": split, "queries": n, "gallery": len(tile_ids), "k": k,
-            "R@1_gleam_c": 100.0 * before / n, "R@1_reranked": 100.0 * after / n,
+            candidate["match_probability"] = float(probability)
+        lists.append({"truth": query.location_id, "modality": query.modality, "candidates": candidates})
+    return {"split": split, "gallery": len(tile_ids), "k": k, "lists": lists,
+            "seconds_per_query": seconds / len(lists) if lists else None}
+
+
+def rerank_at(lists: list[dict[str, Any]], weight: float) -> dict[str, Any]:
+    """R@1 before and after ``verify_rerank`` at ``weight`` over ``lists``, paired difference with
+    its standard error (percentage points)."""
+    from gleam.serving.app import verify_rerank
+
+    before, after = [], []
+    for item in lists:
+        ordered = verify_rerank([dict(c) for c in item["candidates"]], weight)
+        before.append(float(item["candidates"][0]["id"] == item["truth"]))
+        after.append(float(ordered[0]["id"] == item["truth"]))
+    diff = np.array(after) - np.array(before)
+    n = len(lists)
+    return {"weight": "inf" if math.isinf(weight) else weight, "queries": n,
+            "R@1_gleam_c": 100.0 * float(np.mean(before)), "R@1_reranked": 100.0 * float(np.mean(after)),
             "difference_pp": 100.0 * float(diff.mean()),
-            "difference_se_pp": 100.0 * float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-            "recall_at_k_ceiling": None, "seconds_per_query": seconds / n if n else None}
+            "difference_se_pp": 100.0 * float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None}
+
+
+def rerank(model: Any, processor: Any, config: Any, k: int) -> dict[str, Any]:
+    """Verification that re-ranks, chosen on val and reported once on test: the fusion weight of
+    ``serving.app.fused_score`` (GLEAM-C cosine + w x logit P) that gives the best val R@1 (ties:
+    the smallest weight, so 0 = keep GLEAM-C's order wins unless verification helps), then test R@1
+    at that weight; the R@k ceiling says how many test queries had the true tile in the top k."""
+    val = rerank_lists(model, processor, config, "val", k)
+    curve = [rerank_at(val["lists"], w) for w in RERANK_WEIGHTS]
+    best = max(range(len(curve)), key=lambda i: (curve[i]["R@1_reranked"], -i))
+    weight = RERANK_WEIGHTS[best]
+    test = rerank_lists(model, processor, config, "test", k)
+    reported = rerank_at(test["lists"], weight)
+    ceiling = 100.0 * float(np.mean([any(c["id"] == item["truth"] for c in item["candidates"])
+                                     for item in test["lists"]]))
+    return {"selection": {"split": "val", "metric": "R@1 after re-ranking", "curve": curve,
+                          "chosen_weight": curve[best]["weight"]},
+            "split": "test", "gallery": test["gallery"], "k": k, **reported, "recall_at_k_ceiling": ceiling,
+            "at_every_weight_for_reference_only": [rerank_at(test["lists"], w) for w in RERANK_WEIGHTS],
+            "seconds_per_query": test["seconds_per_query"]}
 
 
 def main() -> None:
@@ -132,6 +168,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--set", dest="extra", nargs="*", default=[], help="overrides for every variant")
     parser.add_argument("--rerank-k", type=int, default=5)
+    parser.add_argument("--rerank-only", default="", help="trained GLEAM-X folder: re-score re-ranking only")
+    parser.add_argument("--variant", default="gleamc_frozen", help="with --rerank-only: the model's variant")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "bench-explain"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "explain_grounded.json"))
     args = parser.parse_args()
@@ -161,6 +199,23 @@ def main() -> None:
             json.dump(result, handle, indent=1, default=str)
         os.replace(args.out + ".tmp", args.out)
 
+    if args.rerank_only:
+        overrides = [f"data.source={args.data}", f"data.retrieval_checkpoint={args.checkpoint}",
+                     f"model.vision.checkpoint={args.checkpoint}", *VARIANTS[args.variant], *args.extra]
+        config = load_config(TrainExplainConfig, os.path.join(ROOT, "configs", "explain-local.yaml"), overrides)
+        model, processor = load_vlm(args.rerank_only)
+        model.eval()
+        with open(args.out) as handle:
+            result = json.load(handle)
+        result["rerank"] = {"model": args.rerank_only, "command": " ".join(sys.argv),
+                            **rerank(model, processor, config, args.rerank_k)}
+        if provenance is not None:
+            result["rerank"]["provenance"] = provenance(command=sys.argv, seeds={"run": config.run.seed},
+                                                        checkpoints={"gleam_c": args.checkpoint})
+        write()
+        print(json.dumps({k: v for k, v in result["rerank"].items() if k not in ("provenance",
+                          "at_every_weight_for_reference_only")}, indent=1))
+        return
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     configs = {}
     for variant in args.variants:
@@ -189,7 +244,7 @@ def main() -> None:
     test.pop("samples", None)
     result["test"] = {"variant": chosen, **test}
     if config.model.vision.enabled():
-        result["rerank"] = rerank(model, processor, config, "test", args.rerank_k, config.model.image_size)
+        result["rerank"] = rerank(model, processor, config, args.rerank_k)
     if provenance is not None:
         result["provenance"] = provenance(command=sys.argv, seeds={"run": config.run.seed},
                                           checkpoints={"gleam_c": args.checkpoint})

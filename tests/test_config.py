@@ -126,7 +126,7 @@ def test_repository_configs_load():
 NOT_PATHS = {"address", "log_level", "backbone", "dataset", "device", "dtype", "fallback_modality", "file", "images", "kind",
              "locations", "loss_reduction", "mlflow_uri", "mlflow_experiment", "mat_file", "metric", "modality", "mode", "name", "prefix", "pretrained", "source",
              "split", "target_scope", "train_csv", "train_split", "val_csv", "val_split", "verdict_prompt",
-             "top1_percent_rule", "method", "group_by", "fit_split"}
+             "top1_percent_rule", "method", "group_by", "fit_split", "train_backbone"}
 
 
 def _str_fields(cls, prefix=""):
@@ -194,3 +194,21 @@ def test_relative_paths_in_rays_temporary_working_dir_name_the_path_and_the_fix(
                          ["run.output_dir=s3://bucket/runs", "data.dataset=/shared/synth"])
     assert (config.run.output_dir, config.data.dataset) == ("s3://bucket/runs", "/shared/synth")
     assert resolve_path("configs", "x", "input") == str(copy / "configs")  # an uploaded input is there
+
+
+def test_model_fields_keep_names_and_resolve_paths(tmp_path, monkeypatch):
+    from gleam.config import resolve_path, root_config_class
+
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    (copy / "ckpt").mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    # a bare name (models/<name>, "auto", "none") stays a name, even in Ray's copy of the working dir
+    assert resolve_path("gleam-c-lite0-synth", "checkpoint", "model") == "gleam-c-lite0-synth"
+    assert resolve_path("auto", "model.vision.checkpoint", "model") == "auto"
+    # a folder that exists here, or a path with a folder part, is a path
+    assert resolve_path("ckpt", "checkpoint", "model") == str(copy / "ckpt")
+    with pytest.raises(ConfigError, match="relative path"):
+        resolve_path("runs/missing/final", "checkpoint", "model")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(root_config_class("build_index"), None, ["checkpoint=gleam-c-lite0-synth"])
+    assert config.checkpoint == "gleam-c-lite0-synth"

@@ -25,6 +25,9 @@ TRAIN_OVERRIDES = [
     "lora.target_modules=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
     "lora.modules_to_save=[embed_tokens, lm_head]", "data.verdict_only_fraction=0.25",
     "train.verdict_only_epochs=0",  # explanations from the first epoch (the warm start has its own test)
+    # what this file tests is the language side (format, languages, resume, export, the evaluate
+    # job) on the VLM's own tower; the GLEAM-C tower learns in test_explain_verdict / test_explain_vision
+    "model.vision.source=native",
 ]
 
 

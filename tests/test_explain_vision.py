@@ -4,6 +4,7 @@ fact targets are the checker's truth, the match head learns, bad settings are re
 from __future__ import annotations
 
 import io
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -190,6 +191,14 @@ def test_verify_rerank_orders_by_match_probability_and_says_why():
     assert ordered[3]["moved"] == "down from #3 to #4: not verified"
     unscored = [{"id": "x", "match_probability": None}, {"id": "y", "match_probability": None}]
     assert [c["id"] for c in verify_rerank(unscored)] == ["x", "y"] and "moved" not in unscored[0]
+    # fused with GLEAM-C's score: a small weight moves only a close call, weight 0 moves nothing
+    close = [{"id": "a", "score": 0.80, "match_probability": 0.3}, {"id": "b", "score": 0.79, "match_probability": 0.7},
+             {"id": "c", "score": 0.50, "match_probability": 0.99}]
+    assert [c["id"] for c in verify_rerank([dict(c) for c in close], 0.02)] == ["b", "a", "c"]
+    assert [c["id"] for c in verify_rerank([dict(c) for c in close], 0.0)] == ["a", "b", "c"]
+    assert [c["id"] for c in verify_rerank([dict(c) for c in close], math.inf)] == ["c", "b", "a"]
+    with pytest.raises(ValueError, match="verify_weight"):
+        verify_rerank([dict(c) for c in close], -1.0)
 
 
 def test_grounded_decoding_keeps_the_head_verdict_and_the_best_supported_claims():

@@ -90,7 +90,7 @@ def test_save_load_round_trip_local(tmp_path, kind):
     index, vectors = small_index(kind)
     url = str(tmp_path / "index")
     index.save(url)
-    assert sorted(os.listdir(url)) == ["gallery.parquet", "index.faiss", "meta.json"]
+    assert sorted(os.listdir(url)) == ["gallery.parquet", "index.faiss", "manifest.json", "meta.json"]
     meta = json.load(open(os.path.join(url, "meta.json")))
     assert {k: meta[k] for k in ("dim", "kind", "count", "checkpoint", "metric")} == {
         "dim": 16, "kind": kind, "count": 200, "checkpoint": "ckpt/final", "metric": "inner_product"}
@@ -123,7 +123,7 @@ def test_index_errors(tmp_path, caplog):
         GalleryIndex.build(vectors * 2, *gallery_columns(200))
     with pytest.raises(ValueError, match="ids has 3 entries but there are 200"):
         GalleryIndex.build(vectors, ["a", "b", "c"], np.zeros(200), np.zeros(200))
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be an integer of at least 1"):
         index.search(vectors[:1], 0)
     assert index.search(vectors[:2], 1000).indices.shape == (2, 200)  # k capped at the gallery
     assert index.search(vectors[:2] * 3, 1, normalize=True).indices[:, 0].tolist() == \
@@ -140,7 +140,7 @@ def test_index_errors(tmp_path, caplog):
     from gleam import storage
 
     storage.write_bytes(os.path.join(url, "index.faiss"), open(other.save(str(tmp_path / "o")) + "/index.faiss", "rb").read())
-    with pytest.raises(ValueError, match="does not match meta.json"):
+    with pytest.raises(ValueError, match="does not match manifest.json"):
         GalleryIndex.load(url)
     caplog.set_level("WARNING")
     on_cpu = GalleryIndex.build(vectors, *gallery_columns(200), IndexConfig(kind="flat", use_gpu=True))
@@ -260,7 +260,7 @@ def test_localize_batch_folder(ray_session, tiny_world, built_index, tmp_path):
     expected = write_photo_folder(photos, samples)
     output = str(tmp_path / "out")
     report = localize_batch(LocalizeBatchConfig(input=str(photos), index=built_index[0], output=output, top_k=3,
-                                                read=ReadConfig(files_per_block=2)))
+                                                read=ReadConfig(files_per_block=2), max_rejected_fraction=0.2))
     assert (report["images"], report["ok"], report["errors"]) == (7, 6, 1)
     assert report["images_per_second"] > 0
     rows = {row["path"]: row for row in read_results(output)}
@@ -318,7 +318,7 @@ def test_job_configs_load():
 
     config = load_config(BuildIndexConfig, os.path.join(ROOT, "configs", "build-index-local.yaml"))
     assert (config.checkpoint, config.source, config.split, config.output) == (  # paths resolved on load
-        os.path.abspath("runs/gleam-c-local/final"), os.path.abspath("data/synth"), "test",
+        "gleam-c-lite0-synth", os.path.abspath("data/synth"), "test",  # a named checkpoint stays a name
         os.path.abspath("runs/index-local"))
     assert config.index.kind == "auto" and config.ray.num_workers == 1
     batch = load_config(LocalizeBatchConfig, None, ["input=s3://b/photos", "modality=uav", "top_k=3"])

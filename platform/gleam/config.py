@@ -37,7 +37,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PathField:
-    """Marks a config field as a path: ``role`` "input" (read) or "output" (written)."""
+    """Marks a config field as a path: ``role`` "input" (read), "output" (written) or "model"
+    (a model: a path, a URL, or a bare name such as a folder under the repository's ``models/``,
+    "auto" or "none", which stays a name so the loader, e.g. ``gleam.core.model.resolve_checkpoint``,
+    finds it on whichever node loads it)."""
 
     role: str
 
@@ -45,6 +48,7 @@ class PathField:
 # A path-valued field: a local path (made absolute on the driver by ``resolve_paths``) or a URL.
 InputPath = Annotated[str, PathField("input")]
 OutputPath = Annotated[str, PathField("output")]
+ModelPath = Annotated[str, PathField("model")]
 # Unmarked ``str`` fields named like paths are paths too (so a new ``*_path``/``*_dir`` field is
 # resolved without anyone remembering to mark it); their role comes from the name.
 PATH_NAME_SUFFIXES = ("_path", "_dir")
@@ -371,6 +375,8 @@ def resolve_path(value: str, key: str, role: str, base: str | None = None) -> st
         return os.path.normpath(path)
     base = base or os.getcwd()
     resolved = os.path.normpath(os.path.join(base, path))
+    if role == "model" and os.sep not in path and path not in (".", "..") and not os.path.exists(resolved):
+        return path  # a named checkpoint (models/<name>, or "auto"): resolved where it is loaded
     copy = ray_working_dir(base)
     if copy and (role == "output" or not os.path.exists(resolved)):
         what = ("outputs written there are deleted with it" if role == "output"

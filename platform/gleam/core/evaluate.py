@@ -51,7 +51,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from gleam.config import InputPath, OutputPath
+from gleam.config import InputPath, ModelPath, OutputPath
 from gleam.core.rerank import RerankConfig
 from gleam.core.tta import TTAConfig
 from gleam.data.benchmark import TOP1_PERCENT_RULES
@@ -957,7 +957,7 @@ class EvaluateCoreConfig:
     """
 
     kind: str = "evaluate_core"
-    checkpoint: InputPath = "runs/gleam-c-local/final"  # folder with model.safetensors + config.json
+    checkpoint: ModelPath = "runs/gleam-c-local/final"  # folder with model.safetensors + config.json
     dataset: InputPath = "data/synth"
     split: str = "test"
     distractors: bool = True  # satellite-only tiles (the split's, or the protocol's gallery split) join the gallery

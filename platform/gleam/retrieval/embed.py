@@ -33,6 +33,36 @@ class EmbedConfig:
     batch_size: int = 32  # images per Ray Data batch and per forward pass
     device: str = "auto"  # auto: cuda when the actor holds a GPU, else cpu
 
+    def check(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"embed.batch_size={self.batch_size!r}: must be an integer >= 1; set embed.batch_size=32")
+
+
+EMBEDDING_KEY = "embedding"  # retrieval.json's record of Embedder.settings()
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return round(float(value), 6) if isinstance(value, float) else value
+
+
+def index_embedding(index: Any) -> dict[str, Any]:
+    """The embedding settings an index was built with (``retrieval.json``, checked against the
+    build's manifest); ValueError naming the fix when the build recorded none."""
+    from gleam.retrieval.folder import open_folder
+
+    folder = open_folder(index)
+    if not folder.has("retrieval.json"):
+        raise ValueError(f"{folder.url}: build {folder.build_id} records no embedding settings (retrieval.json): "
+                         f"rebuild it with jobs/build_index.py output={folder.url}")
+    recorded = folder.read_json("retrieval.json")
+    settings = dict(recorded.get(EMBEDDING_KEY) or {})
+    settings.setdefault("tta", recorded.get("tta"))
+    return settings
+
 
 def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
@@ -102,6 +132,43 @@ class Embedder:
     @property
     def config(self) -> Any:
         return self.model.config
+
+    def settings(self) -> dict[str, Any]:
+        """How this embedder turns an image into a vector (recorded with an index, so every
+        consumer embeds queries as the gallery was embedded): checkpoint, dimension, test-time
+        augmentation, input size per modality, normalisation, how images are fitted."""
+        from gleam.data.schema import modalities
+
+        tta = self.tta
+        return {"checkpoint": self.checkpoint, "dim": self.dim,
+                "tta": {"flip": bool(tta.flip), "scales": [float(s) for s in tta.scales]} if tta is not None
+                else {"flip": False, "scales": [1.0]},
+                "input_sizes": {m: list(self.input_size(m)) for m in modalities()},
+                "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "fit": "gleam.data.transforms.fit_view", "gallery_modality": "satellite"}
+
+    @classmethod
+    def for_index(cls, index: Any, checkpoint: str | None = None, **options: Any) -> "Embedder":
+        """The embedder an index's queries need: the index's checkpoint (unless ``checkpoint`` is
+        given) with the test-time augmentation, input sizes and normalisation recorded in its
+        ``retrieval.json`` (``index``: a URL or an opened ``gleam.retrieval.folder.IndexFolder``).
+        ValueError when the checkpoint embeds differently from how the gallery was embedded."""
+        from gleam.retrieval.folder import open_folder
+
+        folder = open_folder(index)
+        recorded = index_embedding(folder)
+        chosen = checkpoint or recorded.get("checkpoint")
+        if not chosen:
+            raise ValueError(f"index {folder.url} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
+        embedder = cls(chosen, tta=recorded.get("tta"), **options)
+        mine = embedder.settings()
+        for key, fix in (("dim", "the embedding dimension"), ("input_sizes", "the input size per modality"),
+                         ("mean", "the normalisation mean"), ("std", "the normalisation std")):
+            if key in recorded and _normal(recorded[key]) != _normal(mine[key]):
+                raise ValueError(f"checkpoint {chosen}: {fix} is {mine[key]}, but index {folder.url} was embedded "
+                                 f"with {recorded[key]} (checkpoint {recorded.get('checkpoint')}): use the checkpoint "
+                                 "the index was built with, or rebuild the index with this one")
+        return embedder
 
     @property
     def dim(self) -> int:
@@ -282,8 +349,15 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
             images.extend(bytes(image) for image in batch["image"])
             bounds.append(np.asarray(batch["bounds"], dtype=np.float64).reshape(-1, 4))
     report = reader.report()
+    from gleam.retrieval.rejections import check_kept, gallery_hints, group_rejections
+
+    groups = group_rejections({"reason": str(c.get("field", "other")), "error": c.get("reason", ""),
+                               "where": f"{c.get('shard', '')}#{c.get('key', '')}"} for c in report["corrupt_samples"])
+    gallery_hints(groups, report["corrupt"])
     report = {k: v for k, v in report.items() if k != "corrupt_samples"} | {
-        "corrupt_examples": report["corrupt_samples"][:20]}
+        "corrupt_examples": report["corrupt_samples"][:20], "rejected_by_reason": groups}
+    if not ids and report["corrupt"]:
+        check_kept(f"{source} (split={split!r})", 0, report["corrupt"], 0.0, groups, "max_rejected_fraction", report)
     if not ids:
         raise ValueError(f"{source}: no gallery tiles for split={split!r} "
                          f"({report['samples']} samples read, {report['corrupt']} corrupt)")

@@ -70,9 +70,11 @@ class TileStore:
         return self._bounds.get(tile_id)
 
     @staticmethod
-    def write(folder: str, ids: Iterable[str], images: Iterable[bytes],
+    def write(folder: Any, ids: Iterable[str], images: Iterable[bytes],
               bounds: Sequence[Sequence[float]] | None = None) -> str:
-        """Write ``tiles.parquet``; ``bounds`` [N, 4] (``tile_bounds``, NaN rows when unknown)."""
+        """Write ``tiles.parquet`` into a folder URL or a build's staging folder
+        (``gleam.retrieval.folder.BuildWriter``); ``bounds`` [N, 4] (``tile_bounds``, NaN rows when
+        unknown)."""
         ids, images = list(ids), [bytes(image) for image in images]
         if len(ids) != len(images):
             raise ValueError(f"{len(ids)} tile ids but {len(images)} images")
@@ -89,17 +91,32 @@ class TileStore:
         table = pa.table(columns)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
+        if hasattr(folder, "write_bytes"):  # a BuildWriter: the file joins the build's manifest
+            folder.write_bytes(TILES_NAME, buffer.getvalue())
+            return folder.path(TILES_NAME)
         url = storage.join(folder, TILES_NAME)
         storage.write_bytes(url, buffer.getvalue())
         return url
 
     @classmethod
-    def load(cls, folder: str) -> "TileStore":
-        """The folder's tiles; an empty store when the index was built without them."""
-        url = storage.join(folder, TILES_NAME)
-        if not storage.exists(url):
-            return cls({})
-        table = pq.read_table(io.BytesIO(storage.read_bytes(url)))
+    def load(cls, folder: Any) -> "TileStore":
+        """The tiles of an index folder (a URL: its manifest is checked, or an opened
+        ``IndexFolder``), checked against the build's manifest; an empty store when the build has
+        none.  A plain folder without a manifest (``write`` to a URL) is read as it is."""
+        from gleam.retrieval.folder import MANIFEST_FILE, IndexFolder
+
+        if isinstance(folder, str) and storage.exists(storage.join(folder, MANIFEST_FILE)):
+            folder = IndexFolder.open(folder)
+        if isinstance(folder, IndexFolder):
+            if not folder.has(TILES_NAME):
+                return cls({})
+            data = folder.read_bytes(TILES_NAME)
+        else:
+            url = storage.join(folder, TILES_NAME)
+            if not storage.exists(url):
+                return cls({})
+            data = storage.read_bytes(url)
+        table = pq.read_table(io.BytesIO(data))
         ids = table.column("id").to_pylist()
         bounds: dict[str, Bounds] = {}
         if all(name in table.column_names for name in BOUNDS_COLUMNS):  # older stores have none

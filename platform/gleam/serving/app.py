@@ -13,6 +13,7 @@ autoscale on ongoing requests and take their CPU/GPU needs from ``ServeAppConfig
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -54,20 +55,19 @@ def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return {**stats, "sizes": {str(k): v for k, v in sorted(stats["sizes"].items())}}
 
 
-def load_retrieval_extras(index: str) -> dict[str, Any]:
-    """What jobs/build_index.py stored beside the index: the tiles' test-time augmentation
-    (``retrieval.json``; queries are embedded the same way) and a fitted calibrator
-    (``calibration.json``); absent files mean none."""
-    from gleam import storage
+def load_retrieval_extras(index: Any) -> dict[str, Any]:
+    """What jobs/build_index.py stored with the index, from the same build (its manifest checked:
+    ``gleam.retrieval.folder``): the embedding settings queries must be embedded with
+    (``retrieval.json``: TTA, input sizes, normalisation) and a fitted calibrator
+    (``calibration.json``; none when this build has none, whatever an older build left)."""
     from gleam.core.calibration import FILE, Calibrator
-    from gleam.retrieval.build import RETRIEVAL_FILE
+    from gleam.retrieval.embed import index_embedding
+    from gleam.retrieval.folder import open_folder
 
-    extras: dict[str, Any] = {"tta": None, "calibrator": None}
-    if storage.exists(storage.join(index, RETRIEVAL_FILE)):
-        extras["tta"] = storage.read_json(storage.join(index, RETRIEVAL_FILE)).get("tta")
-    if storage.exists(storage.join(index, FILE)):
-        extras["calibrator"] = Calibrator.from_json(storage.read_json(storage.join(index, FILE)))
-    return extras
+    folder = open_folder(index)
+    embedding = index_embedding(folder)
+    calibrator = Calibrator.from_json(folder.read_json(FILE)) if folder.has(FILE) else None
+    return {"tta": embedding.get("tta"), "embedding": embedding, "calibrator": calibrator}
 
 
 def confidence_of(calibrator: Any, scores: np.ndarray) -> dict[str, Any]:
@@ -86,15 +86,20 @@ class RetrieverImpl:
         from gleam.retrieval.tiles import TileStore
         from gleam.retrieval.embed import Embedder
 
-        self.index = GalleryIndex.load(index)
+        from gleam.retrieval.folder import IndexFolder
+
+        folder = IndexFolder.open(index)  # one build: every file below is checked against its manifest
+        self.index = GalleryIndex.load(folder)
         checkpoint = checkpoint or self.index.meta.get("checkpoint", "")
         if not checkpoint:
             raise ValueError(f"index {index} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
-        extras = load_retrieval_extras(index)
-        self.embedder = Embedder(checkpoint, device=device, tta=extras["tta"])
+        extras = load_retrieval_extras(folder)
+        # queries embedded exactly as the gallery was (TTA, input sizes, normalisation of the index)
+        self.embedder = Embedder.for_index(folder, checkpoint, device=device)
         self.calibrator = extras["calibrator"]
-        self.tiles = TileStore.load(index)
+        self.tiles = TileStore.load(folder)
         self.checkpoint = checkpoint
+        self.build_id = folder.build_id
         self.stats = _new_stats()
 
     def localize_many(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
@@ -275,17 +280,35 @@ class ExplainerImpl:
         return out
 
 
-def verify_rerank(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Verification that re-ranks: the explained candidates ordered by GLEAM-X's P(same place)
-    (``match_probability``, the match head), GLEAM-C's order breaking ties and keeping candidates
-    without a probability after those with one.  Every candidate gets ``retrieval_rank`` (its
-    GLEAM-C place, 1-based) and, when it moved, ``moved``: why, in words, for the page."""
+def fused_score(score: float, probability: float, weight: float) -> float:
+    """GLEAM-C's cosine ``score`` plus ``weight`` x logit(P(same place)) of GLEAM-X's match head
+    (probability clipped to [1e-4, 1 - 1e-4]); ``weight`` inf orders by the probability alone.
+    Late fusion of a retrieval score with a verifier's log-odds, as re-ranking stages do; the
+    weight is chosen on validation queries (benchmarks/bench_explain.py, ``rerank.chosen_weight``)."""
+    p = min(max(float(probability), 1e-4), 1.0 - 1e-4)
+    log_odds = math.log(p / (1.0 - p))
+    if math.isinf(weight):
+        return log_odds
+    return float(score) + float(weight) * log_odds
+
+
+def verify_rerank(candidates: list[dict[str, Any]], weight: float = math.inf) -> list[dict[str, Any]]:
+    """Verification that re-ranks: the explained candidates ordered by ``fused_score`` of their
+    GLEAM-C ``score`` and GLEAM-X's ``match_probability``; GLEAM-C's order breaks ties, candidates
+    without a probability stay after those with one; ``weight`` 0 keeps GLEAM-C's order.  Every
+    candidate gets ``retrieval_rank`` (its GLEAM-C place, 1-based) and, when it moved, ``moved``:
+    why, in words, for the page.  ValueError for a negative or NaN weight."""
+    if not (weight >= 0.0):
+        raise ValueError(f"verify_weight={weight!r}: must be >= 0 (0: GLEAM-C's order, inf: GLEAM-X's P alone)")
     for rank, candidate in enumerate(candidates, 1):
         candidate.setdefault("retrieval_rank", rank)
     scored = [c for c in candidates if c.get("match_probability") is not None]
-    if not scored:
+    if not scored or weight == 0.0:
         return candidates
-    order = sorted(scored, key=lambda c: (-c["match_probability"], c["retrieval_rank"]))
+    for candidate in scored:
+        candidate["fused_score"] = round(fused_score(candidate.get("score", 0.0) or 0.0,
+                                                     candidate["match_probability"], weight), 6)
+    order = sorted(scored, key=lambda c: (-c["fused_score"], c["retrieval_rank"]))
     order += [c for c in candidates if c.get("match_probability") is None]
     for rank, candidate in enumerate(order, 1):
         was = candidate["retrieval_rank"]
@@ -372,7 +395,7 @@ class Retriever:
         return {"gallery": len(self.impl.index), "checkpoint": self.impl.checkpoint,
                 "index": self.impl.index.meta.get("kind"), "batching": _public_stats(self.impl.stats),
                 "tta": self.impl.embedder.tta.__dict__ if self.impl.embedder.tta else None,
-                "calibrated": self.impl.calibrator is not None}
+                "calibrated": self.impl.calibrator is not None, "build_id": self.impl.build_id}
 
 
 @serve.deployment(name="Explainer")
@@ -473,7 +496,7 @@ class Ingress:
             else:
                 candidate.update(answer)
         if self.s.get("verify_rerank", True):
-            candidates[: len(chosen)] = verify_rerank(chosen)
+            candidates[: len(chosen)] = verify_rerank(chosen, float(self.s.get("verify_weight", math.inf)))
 
     def _result(self, request: LocalizeRequest, retrieved: dict[str, Any]) -> dict[str, Any]:
         return {"id": request.id or None, "modality": request.modality, "top_k": request.top_k,
@@ -656,6 +679,9 @@ def _deployment_options(section: DeploymentSection, retry_after_s: float) -> dic
 
 def check_limits(config: ServeAppConfig) -> None:
     """Body caps, queue bounds and Retry-After must be usable numbers (ValueError naming the key)."""
+    if not (float(config.verify_weight) >= 0.0):
+        raise ValueError(f"verify_weight: must be >= 0 (0: GLEAM-C's order; inf: GLEAM-X's P(same place) alone), "
+                         f"got {config.verify_weight}")
     for name in ("max_body_bytes", "max_batch_body_bytes", "max_image_bytes"):
         if int(getattr(config, name)) < 1:
             raise ValueError(f"{name}: must be at least 1 byte, got {getattr(config, name)}")
@@ -683,9 +709,16 @@ def check_artifacts(config: ServeAppConfig) -> None:
     if not storage.exists(storage.join(config.index, "index.faiss")):
         raise ValueError(f"index: no gallery index at {config.index!r}; build one with "
                          "`python jobs/build_index.py --config configs/build-index-local.yaml` or pass index=<folder>")
-    if config.checkpoint and not storage.exists(storage.join(config.checkpoint, "config.json")):
-        raise ValueError(f"checkpoint: no GLEAM-C checkpoint at {config.checkpoint!r} (expected config.json "
-                         "and model.safetensors from jobs/train_core.py)")
+    if config.checkpoint:
+        from gleam.core.model import resolve_checkpoint
+
+        try:
+            found = resolve_checkpoint(config.checkpoint)
+        except FileNotFoundError as error:
+            raise ValueError(f"checkpoint: {error}") from None
+        if not storage.exists(storage.join(found, "config.json")):
+            raise ValueError(f"checkpoint: no GLEAM-C checkpoint at {config.checkpoint!r} (expected config.json "
+                             "and model.safetensors from jobs/train_core.py, or a name under models/)")
     if config.explainer and not storage.exists(storage.join(config.explainer, "config.json")):
         raise ValueError(f"explainer: no GLEAM-X model at {config.explainer!r}; train one with "
                          "`python jobs/train_explain.py`, or pass explainer='' to serve retrieval only")
@@ -704,7 +737,7 @@ def build_app(config: ServeAppConfig) -> Any:
             config.explainer, config.device, config.max_new_tokens, section.max_batch_size,
             section.batch_wait_timeout_s, config.verdict_prompt)
     settings = {"top_k": config.top_k, "max_top_k": config.max_top_k, "explain_top": config.explain_top,
-                "verify_rerank": config.verify_rerank,
+                "verify_rerank": config.verify_rerank, "verify_weight": config.verify_weight,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "max_body_bytes": config.max_body_bytes, "max_batch_body_bytes": config.max_batch_body_bytes,
                 # the build's own $GLEAM_API_KEYS too (`GLEAM_API_KEYS=... serve run ...`)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gleam.config import InputPath
+from gleam.config import InputPath, ModelPath
 
 from gleam.explain.prompts import LANGUAGES
 
@@ -49,14 +49,17 @@ class ServeAppConfig:
 
     kind: str = "serve"
     index: InputPath = "runs/index-local"  # folder written by jobs/build_index.py (local or s3://)
-    checkpoint: InputPath = ""  # GLEAM-C checkpoint; "" = the one recorded in the index
+    checkpoint: ModelPath = ""  # GLEAM-C checkpoint; "" = the one recorded in the index
     explainer: InputPath = "runs/gleam-x-local/final"  # GLEAM-X model folder; "" = no explanations
     device: str = "cpu"  # "cuda" on GPU nodes
     top_k: int = 5
     max_top_k: int = 100
     explain_top: int = 3  # how many of the top-k candidates GLEAM-X verifies
-    # reorder the verified candidates by GLEAM-X's P(same place) (its match head); each says why it moved
+    # reorder the verified candidates by GLEAM-C's score + verify_weight x logit(GLEAM-X's P(same
+    # place)) (serving.app.fused_score); each says why it moved. The weight is the one chosen on
+    # validation queries by benchmarks/bench_explain.py (rerank.chosen_weight); 0 keeps GLEAM-C's order
     verify_rerank: bool = True
+    verify_weight: float = 0.0
     max_new_tokens: int = 96
     # where a candidate's verdict comes from: "verdict_only" asks GLEAM-X the verdict-only question
     # first (a few tokens; the measured-accurate answer of a label-only-trained model) and falls back
