@@ -413,6 +413,68 @@ def test_manifest_parquet_and_missing_columns(tmp_path):
         plan_dataset(config("manifest", tmp_path / "bad.csv", tmp_path / "o"))
 
 
+def test_a_run_that_keeps_nothing_fails_publishes_nothing_and_says_what_the_rows_share(tmp_path):
+    from gleam.rejections import RejectedRunError
+
+    root, output = tmp_path / "pairs", tmp_path / "out"
+    write_image(root / "q.jpg")
+    write_image(root / "s.jpg")
+    rows = [("39.90", "116.40"), ("40.00", "116.30"), ("31.20", "121.50")]  # Beijing, Shanghai: (lat, lon)
+    (root / "manifest.csv").write_text("query,satellite,modality,latitude,longitude,split\n" + "".join(
+        f"q.jpg,s.jpg,uav,{lon},{lat},train\n" for lat, lon in rows))  # the columns swapped
+    output.mkdir()
+    (output / "manifest.json").write_text("{}")  # an earlier run's dataset
+    with pytest.raises(RejectedRunError) as caught:
+        ingest(config("manifest", root, output))
+    message = str(caught.value)
+    assert "kept none of 3 rows, so nothing was published" in message
+    assert "3 x bad_coordinates" in message and "latitude and longitude swapped" in message
+    assert caught.value.report["rejected_by_reason"]["bad_coordinates"]["count"] == 3
+    assert not (output / "manifest.json").exists()  # the folder no longer claims to be a dataset
+    # all files missing: the hint names root
+    (root / "manifest.csv").write_text("query,satellite,modality,latitude,longitude,split\n"
+                                       "nope/q.jpg,nope/s.jpg,uav,39.9,116.4,train\n")
+    with pytest.raises(RejectedRunError, match="is root the folder the file names are relative to"):
+        ingest(config("manifest", root, output))
+    with pytest.raises(ValueError, match="max_rejected_fraction=2"):
+        plan_dataset(config("manifest", root, output, "max_rejected_fraction=2"))
+
+
+def test_coordinates_in_radians_are_flagged_and_an_empty_dataset_is_never_published(tmp_path):
+    from gleam.data.ingest.common import PairRecord, coordinate_problem, coordinate_warnings
+
+    def record(lat, lon):
+        return PairRecord(key=f"k{lat}", location_id="l", split="train", modality="uav", satellite="s",
+                          query="q", latitude=lat, longitude=lon)
+
+    warning = coordinate_warnings([record(0.6964, 2.0316), record(0.5445, 2.1206)])  # Beijing, Shanghai in radians
+    assert len(warning) == 1 and warning[0].reason == "coordinates_in_radians" and "180/pi" in warning[0].detail
+    assert coordinate_warnings([record(39.9, 116.4), record(0.5, 1.0)]) == []
+    assert "valid when swapped" in coordinate_problem(116.4, 39.9)
+    assert "swapped" not in coordinate_problem(200.0, 39.9)
+    with pytest.raises(shards.EmptyDatasetError, match="no samples were written"):
+        shards.write_manifest(str(tmp_path), [], dataset="empty")
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_cvact_utm_stored_transposed_is_read_column_wise_and_other_shapes_refused(tmp_path):
+    import scipy.io
+
+    root = tmp_path / "CVACT"
+    make_cvact(root)
+    mat = scipy.io.loadmat(root / "ACT_data.mat")
+    scipy.io.savemat(root / "ACT_data.mat", {**{k: v for k, v in mat.items() if not k.startswith("__")},
+                                             "utm": mat["utm"].T})  # [2, N], as MATLAB may store it
+    plan = plan_dataset(config("cvact", root, tmp_path / "o"))
+    test = [r for r in plan.records if r.split == "test"][0]
+    assert (test.latitude, test.longitude) == pytest.approx(CVACT_POINTS["zz9kLrWbyMSpCjMdRHC_2A"], abs=1e-7)
+    assert plan.flags["utm"]["transposed"] is True
+    scipy.io.savemat(root / "ACT_data.mat", {**{k: v for k, v in mat.items() if not k.startswith("__")},
+                                             "utm": mat["utm"].reshape(-1)[:4].reshape(2, 2)})
+    with pytest.raises(ValueError, match=r"utm has shape \[2, 2\], but panoIds has 3 entries"):
+        plan_dataset(config("cvact", root, tmp_path / "o"))
+
+
 def test_make_key_is_schema_safe_and_injective():
     assert make_key("train", "drone", "0001", "image-01") == "train-drone-0001-image-01"
     a, b = make_key("satellite_40.1_-73.2"), make_key("satellite_40_1_-73_2")

@@ -354,3 +354,133 @@ def test_tile_footprints_from_metadata(tmp_path):
         TileStore.write(str(tmp_path), ["a", "b"], [b"x", b"y"], [(1, 2, 3, 4)])
     TileStore.write(str(tmp_path), ["a"], [b"x"])  # no footprints: the map draws a default square
     assert TileStore.load(str(tmp_path)).bounds("a") is None
+
+
+# --------------------------------------------------------------------------- one build, one truth
+
+
+def test_an_index_folder_is_one_build(tmp_path):
+    from gleam.retrieval.folder import BuildWriter, IndexFolder, IndexFolderError
+
+    index, _ = small_index("flat")
+    url = str(tmp_path / "index")
+    index.save(url)
+    first = IndexFolder.open(url).build_id
+    # a file of another build in the folder (a calibrator left by an older build) is refused
+    open(os.path.join(url, "calibration.json"), "w").write('{"kind": "isotonic"}')
+    with pytest.raises(IndexFolderError, match="calibration.json do not belong to build"):
+        GalleryIndex.load(url)
+    # rebuilding into the folder never inherits a file
+    index.save(url)
+    assert "calibration.json" not in os.listdir(url) and IndexFolder.open(url).build_id != first
+    assert GalleryIndex.load(url).count == 200
+    # a build that fails part-way leaves the previous one as it was, and no staging folder
+    before = {name: open(os.path.join(url, name), "rb").read() for name in os.listdir(url)}
+    with pytest.raises(RuntimeError, match="embedding died"):
+        with BuildWriter(url) as build:
+            build.write_bytes("index.faiss", b"half a new index")
+            raise RuntimeError("embedding died")
+    assert {name: open(os.path.join(url, name), "rb").read() for name in os.listdir(url)} == before
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    # an edited file, a missing file, a folder from before manifests: each refused, saying how to fix it
+    meta = os.path.join(url, "meta.json")
+    open(meta, "a").write(" ")
+    with pytest.raises(IndexFolderError, match="meta.json: content does not match manifest.json"):
+        GalleryIndex.load(url)
+    index.save(url)
+    os.remove(os.path.join(url, "gallery.parquet"))
+    with pytest.raises(FileNotFoundError, match="gallery.parquet is missing"):
+        GalleryIndex.load(url)
+    os.remove(os.path.join(url, "manifest.json"))
+    with pytest.raises(IndexFolderError, match="without manifest.json.*rebuild it"):
+        GalleryIndex.load(url)
+
+
+@pytest.mark.parametrize("settings, count, message", [
+    ({"kind": "ivf", "nlist": 500}, 200, "index.nlist=500: must be at most the gallery size"),
+    ({"kind": "ivf", "nlist": 50, "train_size": 20}, 200, "must be at most the k-means training sample"),
+    ({"kind": "ivf", "nprobe": 0}, 200, "index.nprobe=0: must be an integer >= 1"),
+    ({"kind": "ivf", "nlist": 4, "nprobe": 8}, 200, "index.nprobe=8: must be at most index.nlist=4"),
+    ({"kind": "hnsw", "hnsw_m": 0}, 200, "index.hnsw_m=0"),
+    ({"kind": "hnsw", "ef_search": 0}, 200, "index.ef_search=0"),
+    ({"kind": "ivfpq", "pq_m": 5}, 200, "index.pq_m=5: must divide the embedding dimension 16"),
+    ({"kind": "ivfpq", "nlist": 2, "pq_nbits": 10, "train_size": 200}, 200, "needs at least 2\\*\\*10"),
+    ({"kind": "annoy"}, 200, "index.kind='annoy': must be one of"),
+])
+def test_index_settings_that_cannot_work_are_refused_before_any_work(settings, count, message):
+    from gleam.retrieval.index import IndexSettingsError, check_settings
+
+    vectors = unit_rows(np.random.default_rng(0).normal(size=(count, 16)))
+    with pytest.raises(IndexSettingsError, match=message):
+        check_settings(IndexConfig(**settings), count, 16)
+    with pytest.raises(IndexSettingsError, match=message):  # the same words from build, never a C++ error
+        GalleryIndex.build(vectors, *gallery_columns(count), IndexConfig(**settings))
+
+
+def test_search_settings_out_of_range_are_refused():
+    from gleam.retrieval.index import IndexSettingsError
+
+    index, _ = small_index("ivf")
+    with pytest.raises(IndexSettingsError, match=r"index.nprobe=0: must be an integer in \[1, "):
+        index.set_search_params(nprobe=0)
+    with pytest.raises(IndexSettingsError, match="index.nprobe=100000"):
+        index.set_search_params(nprobe=100_000)
+
+
+def test_build_index_refuses_settings_before_embedding(ray_session, tiny_world, tmp_path):
+    from gleam.retrieval.build import BuildIndexConfig, build_index
+    from gleam.retrieval.index import IndexSettingsError
+
+    output = tmp_path / "never"
+    with pytest.raises(IndexSettingsError, match=r"index.nlist=64.*at most 15 tiles"):
+        build_index(BuildIndexConfig(checkpoint=tiny_world["checkpoint"], source=tiny_world["data"], split="test",
+                                     output=str(output), index=IndexConfig(kind="ivf", nlist=64)))
+    assert not output.exists()
+
+
+def test_one_photo_one_answer_in_batch_localization_and_serving(ray_session, tiny_world, tmp_path):
+    """An index built with flip TTA: batch localization and the serving retriever both embed
+    queries with it (taken from the index, never from their own defaults), so they agree."""
+    from gleam.core.tta import TTAConfig
+    from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch, read_results
+    from gleam.retrieval.build import BuildIndexConfig, build_index
+    from gleam.retrieval.embed import Embedder
+    from gleam.serving.app import RetrieverImpl
+
+    output = str(tmp_path / "index-tta")
+    build_index(BuildIndexConfig(checkpoint=tiny_world["checkpoint"], source=tiny_world["data"], split="test",
+                                 output=output, tta=TTAConfig(flip=True)))
+    served = RetrieverImpl(output)
+    assert served.embedder.tta is not None and served.embedder.tta.flip
+    samples = [s for s in tiny_world["test"] if s.modality in ("uav", "ground")]
+    photos = tmp_path / "photos"
+    expected = write_photo_folder(photos, samples)
+    batch = localize_batch(LocalizeBatchConfig(input=str(photos), index=output, output=str(tmp_path / "out"),
+                                               top_k=3, max_rejected_fraction=0.5))
+    assert batch["ok"] == len(samples)
+    rows = {row["path"]: row for row in read_results(str(tmp_path / "out"))}
+    items = [(image, modality, 3) for modality, image in expected.values()]
+    answers = served.localize_many(items)
+    plain = Embedder(tiny_world["checkpoint"])  # no TTA: what a path that ignored the index would do
+    differs = 0
+    for (path, (modality, image)), answer in zip(expected.items(), answers):
+        assert rows[path]["top_ids"] == [c["id"] for c in answer["candidates"]]
+        np.testing.assert_allclose(rows[path]["top_scores"], [c["score"] for c in answer["candidates"]], atol=1e-5)
+        with_flip = Embedder.for_index(output).embed([image], modality)[0]
+        differs += not np.allclose(with_flip, plain.embed([image], modality)[0], atol=1e-4)
+    assert differs == len(expected)  # the TTA really changes the embedding, so agreement means something
+
+
+def test_localize_batch_that_keeps_nothing_fails_and_publishes_nothing(ray_session, built_index, tmp_path):
+    from gleam.rejections import RejectedRunError
+    from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch
+
+    photos = tmp_path / "photos" / "uav"
+    photos.mkdir(parents=True)
+    for number in range(3):
+        (photos / f"p{number}.jpg").write_bytes(b"<html>404 not found</html>")
+    output = tmp_path / "out"
+    with pytest.raises(RejectedRunError, match="kept none of 3 rows") as caught:
+        localize_batch(LocalizeBatchConfig(input=str(tmp_path / "photos"), index=built_index[0], output=str(output)))
+    assert "are these really JPEG/PNG images" in str(caught.value)
+    assert not (output / "results.parquet").exists() and not (output / "report.json").exists()

@@ -106,6 +106,7 @@ def served(tmp_path_factory):
             "args": {"index": index, "checkpoint": checkpoint, "explainer": "", "device": "cpu",
                      "max_image_bytes": 200_000, "max_body_bytes": 300_000, "max_batch_body_bytes": 400_000,
                      "api_keys": [STRICT_KEY, "second-key"], "retry_after_s": 3,
+                     "max_request_megapixels": 2.0, "max_inflight_megapixels": 3.0,
                      "retriever": {"num_cpus": 0.1, "max_batch_size": 4, "batch_wait_timeout_s": 1.0,
                                    "max_ongoing_requests": 1, "max_queued_requests": 1,
                                    "autoscaling": {"min_replicas": 1, "max_replicas": 1}}}})
@@ -313,7 +314,8 @@ def test_concurrent_requests_are_batched(served):
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"modality": "thermal"}}, 422, "modality"),
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"top_k": "0"}}, 422, "top_k"),
     ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"colour": "red"}}, 422, "colour"),
-    ({"data": {"modality": "uav"}}, 422, "image"),
+    ({"data": {"modality": "uav"}}, 415, "content-type"),  # URL-encoded: no file can ride in it
+    ({"files": {"image": ("q.jpg", jpeg(1))}, "data": {"modality": "uav"}, "params": {}}, 200, None),
     ({"json": {"image": "%%% not base64"}}, 422, "image"),
     ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "content-type"),
 ])
@@ -322,9 +324,85 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_healthy(served, request
 
     response = httpx.post(served["url"] + "/v1/localize", timeout=60, **request_kwargs)
     assert response.status_code == status, response.text
+    if status == 200:  # the control: the same kind of request, well formed
+        assert response.json()["candidates"]
+        return
     error = response.json()["error"]
     assert error["field"] == field and len(error["message"]) > 10
     assert httpx.get(served["url"] + "/healthz", timeout=30).status_code == 200
+
+
+def test_api_bodies_as_clients_send_them(served):
+    """Media types compared case-insensitively with parameters; JSON sent as a form (curl -d) or
+    unlabelled gets a 415 saying what to send; no error repeats the body back."""
+    import base64
+
+    import httpx
+
+    url = served["url"] + "/v1/localize"
+    body = json.dumps({"image": base64.b64encode(served["samples"][0].query_image).decode(), "top_k": 2})
+    ok = httpx.post(url, content=body, headers={"content-type": "Application/JSON; charset=UTF-8"}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["candidates"]) == 2
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}, {}):
+        refused = httpx.post(url, content=body, headers=headers, timeout=60)
+        assert refused.status_code == 415, (headers, refused.text)
+        error = refused.json()["error"]
+        assert error["field"] == "content-type" and "the body is JSON" in error["message"]
+        assert "application/json" in error["message"] and "curl" in error["message"]
+        assert len(refused.text) < 600 and body[20:60] not in refused.text  # the payload is not echoed
+    form = httpx.post(url, data={"modality": "uav"}, timeout=60)  # a URL-encoded form: no file can ride in it
+    assert form.status_code == 415 and "cannot carry an image file" in form.json()["error"]["message"]
+    long_name = "x" * 5000
+    unknown = httpx.post(url, json={"image": base64.b64encode(jpeg(1)).decode(), long_name: 1}, timeout=60)
+    assert unknown.status_code == 422 and len(unknown.text) < 600 and "(5000 chars)" in unknown.text
+    assert unknown.json()["error"]["field"] == "body"
+    form = httpx.post(url, files={"image": ("q.jpg", jpeg(1))}, data={long_name: "1"}, timeout=60)
+    assert form.status_code in (400, 422) and len(form.text) < 600 and form.json()["error"]
+    bad = httpx.post(url, json={"image": base64.b64encode(jpeg(1)).decode(), "modality": "m" * 10_000}, timeout=60)
+    assert bad.status_code == 422 and len(bad.text) < 600
+
+
+def big_png(side: int) -> bytes:
+    """A side x side RGB PNG of one colour: a few KB that decode to side**2 pixels."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 60)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_pixel_budgets_hold_per_request_and_in_flight(served):
+    """The strict app allows 2 megapixels per request and 3 in flight: small files that decode
+    large are refused from their header (413), and a second large request while one is held gets
+    503 with Retry-After; the replica's budget comes back afterwards."""
+    import base64
+
+    import httpx
+
+    headers = {"X-API-Key": STRICT_KEY}
+    url = strict(served, "/v1/localize")
+    huge = big_png(1500)  # 2.25 megapixels in a few KB
+    assert len(huge) < 50_000
+    too_big = httpx.post(url, files={"image": ("a.png", huge)}, headers=headers, timeout=60)
+    assert too_big.status_code == 413 and "megapixels per request" in too_big.json()["error"]["message"]
+    half = base64.b64encode(big_png(1100)).decode()  # 1.21 megapixels each: the second passes 2
+    batch = httpx.post(strict(served, "/v1/localize/batch"), json={"images": [{"image": half}, {"image": half}]},
+                       headers=headers, timeout=60)
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert "candidates" in results[0] and results[1]["error"]["status"] == 413
+    large = big_png(1300)  # 1.69 megapixels: one fits, two at once pass the 3 in flight
+
+    def one(delay: float):
+        time.sleep(delay)
+        return httpx.post(url, files={"image": ("b.png", large)}, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = list(pool.map(one, (0.0, 0.4)))
+    assert first.status_code == 200, first.text
+    assert second.status_code == 503 and second.headers["retry-after"] == "3", second.text
+    assert "megapixels in flight" in second.json()["error"]["message"]
+    assert one(0.0).status_code == 200  # released: the budget is whole again
 
 
 def test_web_page_upload_shows_top_k_on_the_map(served, tmp_path):

@@ -239,10 +239,20 @@ def _remove_leftover_shards(output_url: str, prefix: str, part: str, keep: set[s
             storage.remove(url)
 
 
+class EmptyDatasetError(ValueError):
+    """A shard-writing run that kept no sample."""
+
+
 def write_manifest(output_url: str, records: list[PartRecord], *, dataset: str,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Gather part records into ``manifest.json`` (written atomically); returns the manifest."""
+    """Gather part records into ``manifest.json`` (written atomically); returns the manifest.
+
+    A dataset without a single sample is never published: ``EmptyDatasetError`` (a ValueError)
+    and no manifest, so a run that kept nothing fails here instead of in whatever reads it next."""
     shards = sorted((s for r in records for s in r.shards), key=lambda s: s.name)
+    if not sum(s.samples for s in shards):
+        raise EmptyDatasetError(f"{output_url}: no samples were written ({len(records)} parts, {len(shards)} shards), "
+                                f"so no {MANIFEST_NAME} is published; see the run's report for what was rejected")
     modalities: Counter[str] = Counter()
     splits: Counter[str] = Counter()
     for shard in shards:

@@ -34,7 +34,7 @@ import numpy as np
 from gleam import storage
 from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, save_config
 from gleam.retrieval.embed import EmbedConfig, Embedder, actor_threads, warn_if_starved
-from gleam.retrieval.rejections import batch_hints, batch_reason, check_fraction, check_kept, group_rejections
+from gleam.rejections import batch_hints, batch_reason, check_fraction, check_kept, group_rejections
 
 log = logging.getLogger(__name__)
 

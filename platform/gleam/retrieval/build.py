@@ -33,7 +33,7 @@ from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, RunConfig,
 from gleam.core.tta import TTAConfig
 from gleam.retrieval.embed import EMBEDDING_KEY, EmbedConfig, embed_gallery
 from gleam.retrieval.index import GalleryIndex, IndexConfig
-from gleam.retrieval.rejections import check_fraction
+from gleam.rejections import check_fraction
 
 REPORT_FILE = "report.json"
 RETRIEVAL_FILE = "retrieval.json"  # how queries must be embedded to match the gallery (tta)
@@ -105,7 +105,7 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
     any step leaves ``output`` as it was."""
     from gleam.retrieval.embed import Embedder
     from gleam.retrieval.folder import BuildWriter
-    from gleam.retrieval.rejections import check_kept
+    from gleam.rejections import check_kept
 
     started = time.perf_counter()
     check_config(config)

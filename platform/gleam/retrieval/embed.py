@@ -349,7 +349,7 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
             images.extend(bytes(image) for image in batch["image"])
             bounds.append(np.asarray(batch["bounds"], dtype=np.float64).reshape(-1, 4))
     report = reader.report()
-    from gleam.retrieval.rejections import check_kept, gallery_hints, group_rejections
+    from gleam.rejections import check_kept, gallery_hints, group_rejections
 
     groups = group_rejections({"reason": str(c.get("field", "other")), "error": c.get("reason", ""),
                                "where": f"{c.get('shard', '')}#{c.get('key', '')}"} for c in report["corrupt_samples"])

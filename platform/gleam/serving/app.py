@@ -12,6 +12,7 @@ autoscale on ongoing requests and take their CPU/GPU needs from ``ServeAppConfig
 # no `from __future__ import annotations`: FastAPI must see real types (Request) on the routes
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -30,9 +31,10 @@ from ray.exceptions import RayActorError
 from gleam.retrieval.index import NORM_TOLERANCE, json_coordinate
 from gleam.serving.config import VERDICT_PROMPTS, DeploymentSection, ServeAppConfig
 from gleam.serving.guard import GuardSettings, RequestGuard, keys_from_env
-from gleam.serving.requests import (LocalizeRequest, RequestError, check_fields, decode_base64_image,
-                                    decode_image_bytes, item_error, parse_bool, parse_int, parse_language,
-                                    parse_modality, raise_item_error)
+from gleam.serving.requests import (LocalizeRequest, PixelGate, RequestError, RequestPixels, begin_pixels,
+                                    check_fields, decode_base64_image, decode_image_bytes, end_pixels, is_json_media,
+                                    item_error, media_type, parse_bool, parse_int, parse_language, parse_modality,
+                                    raise_item_error, refuse_media, shown)
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +422,26 @@ api = FastAPI(title="GLEAM", description="Cross-view geo-localization with expla
 api.add_middleware(RequestGuard)
 
 
+def error_response(error: RequestError) -> JSONResponse:
+    return JSONResponse(error.to_json(), status_code=error.status, headers=error.headers or None)
+
+
+def pixel_budgeted(handler: Any) -> Any:
+    """An endpoint whose decoded images count against one request's pixel budget and the
+    replica's pixels in flight (``serving.requests.RequestPixels``), released when it returns."""
+    @functools.wraps(handler)
+    async def endpoint(self: Any, request: Request) -> JSONResponse:
+        budget = RequestPixels(self.s["max_request_megapixels"] * 1_000_000, self.pixels_in_flight,
+                               self.s.get("retry_after_s", 1.0))
+        token = begin_pixels(budget)
+        try:
+            return await handler(self, request)
+        finally:
+            end_pixels(token)
+
+    return endpoint
+
+
 def _page() -> str:
     return resources.files("gleam.serving").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -430,6 +452,8 @@ class Ingress:
     def __init__(self, retriever: Any, explainer: Any | None, settings: dict[str, Any]):
         self.retriever, self.explainer = retriever, explainer
         self.s = settings
+        # decoded pixels held by this replica's requests in flight (RequestPixels per request)
+        self.pixels_in_flight = PixelGate(int(settings["max_inflight_megapixels"] * 1_000_000))
         # keys from the config and the build's environment, plus this replica's $GLEAM_API_KEYS
         api.state.guard = GuardSettings(api_keys=[*settings.get("api_keys", []), *keys_from_env()],
                                         max_body_bytes=settings["max_body_bytes"],
@@ -438,23 +462,30 @@ class Ingress:
     # ------------------------------------------------------------------ plumbing
 
     async def _form_or_json(self, request: Request) -> tuple[str, dict[str, Any]]:
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data") or content_type.startswith(
-                "application/x-www-form-urlencoded"):
-            form = await request.form()
+        """("form" | "json", fields).  Media types compared as RFC 9110 says (case-insensitive,
+        parameters ignored, ``application/*+json`` is JSON); a JSON body labelled as a form (curl
+        -d), unlabelled or labelled anything else gets a 415 that says what to send."""
+        media = media_type(request.headers.get("content-type"))
+        if media == "multipart/form-data":
+            try:
+                form = await request.form()
+            except Exception as error:  # starlette's MultiPartException and parser errors: our 400, no body echo
+                if isinstance(error, RequestError):
+                    raise
+                raise RequestError(400, "body", f"is not a readable multipart form ({shown(str(error), 80)}); "
+                                                "send it as curl -F image=@photo.jpg does") from None
             return "form", {key: form.getlist(key) if len(form.getlist(key)) > 1 else form.get(key)
                             for key in form.keys()}
-        if content_type.startswith("application/json"):
+        if is_json_media(media):
             try:
                 body = await request.json()
             except ValueError:
-                raise RequestError(400, "body", "is not valid JSON") from None
+                raise RequestError(400, "body", "is not valid JSON (check quoting and escapes; the body is "
+                                                "not repeated here)") from None
             if not isinstance(body, dict):
                 raise RequestError(422, "body", "must be a JSON object")
             return "json", body
-        raise RequestError(415, "content-type", f"{content_type or 'none'} is not accepted; send "
-                                                "multipart/form-data (file upload) or application/json "
-                                                "(base64 images)")
+        raise refuse_media(media, (await request.body())[:64])
 
     async def _image_field(self, kind: str, body: dict[str, Any], name: str) -> tuple[bytes, np.ndarray]:
         value = body.get(name)
@@ -524,10 +555,11 @@ class Ingress:
     async def tile(self, tile_id: str) -> Response:
         data = await _call(self.retriever.tile, tile_id)
         if data is None:
-            return JSONResponse(RequestError(404, "tile_id", f"{tile_id!r} is not in the gallery").to_json(), 404)
+            return JSONResponse(RequestError(404, "tile_id", f"{shown(tile_id)} is not in the gallery").to_json(), 404)
         return Response(content=data, media_type="image/jpeg")
 
     @api.post("/v1/localize")
+    @pixel_budgeted
     async def localize(self, request: Request) -> JSONResponse:
         try:
             kind, body = await self._form_or_json(request)
@@ -539,9 +571,10 @@ class Ingress:
             await self._explain_candidates(query, retrieved["candidates"])
             return JSONResponse(self._result(query, retrieved))
         except RequestError as error:
-            return JSONResponse(error.to_json(), status_code=error.status)
+            return error_response(error)
 
     @api.post("/v1/localize/batch")
+    @pixel_budgeted
     async def localize_batch(self, request: Request) -> JSONResponse:
         """Many images in one request; a bad image is an error entry, not a failed request."""
         try:
@@ -576,6 +609,8 @@ class Ingress:
                         ident = str(entry.get("id", position))
                     parsed.append(LocalizeRequest(image_bytes, image, **options, id=ident))
                 except RequestError as error:
+                    if error.status == 503:  # the replica is full: the whole request is retried later
+                        raise
                     parsed.append({"id": str(position), **error.to_json()})
             good = [p for p in parsed if isinstance(p, LocalizeRequest)]
             retrieved = iter(await _call(self.retriever.localize_list, [(p.image, p.modality, p.top_k) for p in good])
@@ -595,9 +630,10 @@ class Ingress:
             return JSONResponse({"count": len(results), "errors": sum("error" in r for r in results),
                                  "results": results})
         except RequestError as error:
-            return JSONResponse(error.to_json(), status_code=error.status)
+            return error_response(error)
 
     @api.post("/v1/localize/place")
+    @pixel_budgeted
     async def localize_place(self, request: Request) -> JSONResponse:
         """Several photos of one place fused into one query (``fusion``: mean | max); JSON
         ``{"images": [base64, ...], "modality"?, "top_k"?, "fusion"?}`` or a form with several
@@ -608,7 +644,7 @@ class Ingress:
             options = self._options({k: v for k, v in body.items() if k in ("modality", "top_k")})
             method = body.get("fusion") or "mean"
             if method not in ("mean", "max"):
-                raise RequestError(422, "fusion", f"{method!r} is not a fusion method; use mean or max")
+                raise RequestError(422, "fusion", f"{shown(method)} is not a fusion method; use mean or max")
             entries = body.get("images")
             if kind == "form" and entries is not None and not isinstance(entries, list):
                 entries = [entries]
@@ -628,9 +664,10 @@ class Ingress:
             return JSONResponse({"modality": options["modality"], "top_k": options["top_k"], "fusion": method,
                                  "images": len(images), **found})
         except RequestError as error:
-            return JSONResponse(error.to_json(), status_code=error.status)
+            return error_response(error)
 
     @api.post("/v1/explain")
+    @pixel_budgeted
     async def explain(self, request: Request) -> JSONResponse:
         """Query + satellite (an upload, or ``tile_id`` of a gallery tile) -> verdict + explanation."""
         try:
@@ -642,7 +679,7 @@ class Ingress:
             if body.get("tile_id"):
                 satellite = await _call(self.retriever.tile, str(body["tile_id"]))
                 if satellite is None:
-                    raise RequestError(404, "tile_id", f"{body['tile_id']!r} is not in the gallery")
+                    raise RequestError(404, "tile_id", f"{shown(body['tile_id'])} is not in the gallery")
             else:
                 satellite, _ = await self._image_field(kind, body, "satellite")
             modality = parse_modality(body.get("modality"))
@@ -651,7 +688,7 @@ class Ingress:
                 await _call(self.explainer.explain, (query_bytes, satellite, modality, language)))
             return JSONResponse({"modality": modality, **answer})
         except RequestError as error:
-            return JSONResponse(error.to_json(), status_code=error.status)
+            return error_response(error)
 
 
 def _backpressure(max_queued_requests: int, retry_after_s: float) -> dict[str, Any]:
@@ -694,6 +731,10 @@ def check_limits(config: ServeAppConfig) -> None:
     for name, value in queues.items():
         if value != -1 and value < 1:
             raise ValueError(f"{name}: must be at least 1, or -1 for no bound; got {value}")
+    if not 0 < config.max_request_megapixels <= config.max_inflight_megapixels:
+        raise ValueError(f"max_request_megapixels ({config.max_request_megapixels}) must be > 0 and at most "
+                         f"max_inflight_megapixels ({config.max_inflight_megapixels}): a request over the replica's "
+                         "whole budget could never run; lower the first or raise the second")
     if not config.retry_after_s >= 0:
         raise ValueError(f"retry_after_s: must be >= 0 seconds, got {config.retry_after_s}")
     if any(not isinstance(key, str) or not key.strip() for key in config.api_keys):
@@ -740,6 +781,8 @@ def build_app(config: ServeAppConfig) -> Any:
                 "verify_rerank": config.verify_rerank, "verify_weight": config.verify_weight,
                 "max_image_bytes": config.max_image_bytes, "max_batch_images": config.max_batch_images,
                 "max_body_bytes": config.max_body_bytes, "max_batch_body_bytes": config.max_batch_body_bytes,
+                "max_request_megapixels": config.max_request_megapixels,
+                "max_inflight_megapixels": config.max_inflight_megapixels, "retry_after_s": config.retry_after_s,
                 # the build's own $GLEAM_API_KEYS too (`GLEAM_API_KEYS=... serve run ...`)
                 "api_keys": [*config.api_keys, *keys_from_env()],
                 "languages": list(config.languages)}

@@ -72,6 +72,12 @@ class ServeAppConfig:
     # the cap, before the body is held (an 8 MiB image is ~10.7 MiB as base64 JSON)
     max_body_bytes: int = 12 * 2**20
     max_batch_body_bytes: int = 64 * 2**20  # POST /v1/localize/batch
+    # decoded pixels (uint8 RGB: 3 bytes each): per request, and held at once by one ingress
+    # replica's requests in flight; checked from each image's header before it is decoded (413 past
+    # the request's budget, 503 + Retry-After when the replica is full). A 2 KB PNG can decode to
+    # 40 megapixels (120 MB), and 64 such images fit the byte caps
+    max_request_megapixels: float = 64.0
+    max_inflight_megapixels: float = 256.0
     # keys for /v1/* (Authorization: Bearer <key>, X-API-Key: <key> or ?key=<key>); empty and no
     # GLEAM_API_KEYS in the environment (comma-separated) = open. GET / and /healthz stay open.
     api_keys: list[str] = field(default_factory=list)

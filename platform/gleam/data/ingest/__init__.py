@@ -55,6 +55,9 @@ class IngestConfig:
     records_per_part: int = 512  # samples per Ray task / part
     max_side: int | None = None  # re-encode images larger than this (longest side, pixels) as JPEG
     dedupe: bool | None = None  # content de-duplication; None: the dataset's default (on for CVUSA)
+    # the run fails, and publishes no manifest, when it keeps no sample or rejects more than this
+    # share of its rows (missing files, bad coordinates, unreadable images): 0 = no row may be lost
+    max_rejected_fraction: float = 0.5
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -76,6 +79,9 @@ def _check(config: IngestConfig) -> Converter:
         raise ValueError(f"records_per_part={config.records_per_part} must be at least 1")
     if config.max_side is not None and config.max_side < 8:
         raise ValueError(f"max_side={config.max_side} must be at least 8 (or null)")
+    from gleam.rejections import check_fraction
+
+    check_fraction("max_rejected_fraction", config.max_rejected_fraction)
     return CONVERTERS[config.dataset]
 
 
@@ -95,4 +101,4 @@ def ingest(config: IngestConfig) -> dict[str, Any]:
     save_config(config, config.output)
     return run_plan(plan, config.output, config.shards, resume=config.resume,
                     records_per_part=config.records_per_part, max_side=config.max_side, dedupe=config.dedupe,
-                    extra_report={"config": to_dict(config)})
+                    extra_report={"config": to_dict(config)}, max_rejected_fraction=config.max_rejected_fraction)

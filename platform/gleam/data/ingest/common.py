@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import posixpath
 import re
@@ -66,6 +67,7 @@ BAD_COORDINATES = "bad_coordinates"
 BAD_VALUE = "bad_value"
 INVALID_SAMPLE = "invalid_sample"
 UNUSED_SATELLITE = "satellite_without_queries"
+COORDINATES_IN_RADIANS = "coordinates_in_radians"  # a warning: every coordinate within [-pi/2, pi/2] x [-pi, pi]
 IMAGE_DEPTH = "image_depth"  # a warning: deep or low-dynamic-range data scaled (gleam.data.images rule 4)
 
 
@@ -285,10 +287,60 @@ def existing_files(urls: Iterable[str]) -> set[str]:
     return found
 
 
+SWAPPED_MARK = "valid when swapped"
+
+
 def coordinate_problem(latitude: float, longitude: float) -> str | None:
+    """Why (``latitude``, ``longitude``) in degrees is not a place on Earth, or None.  The message
+    says when the pair is valid the other way round (latitude and longitude columns swapped)."""
     if not (-90.0 <= latitude <= 90.0) or not (-180.0 <= longitude <= 180.0):
-        return f"latitude {latitude}, longitude {longitude} out of range"
+        swapped = -90.0 <= longitude <= 90.0 and -180.0 <= latitude <= 180.0
+        return (f"latitude {latitude}, longitude {longitude} out of range"
+                + (f" ({SWAPPED_MARK}: latitude {longitude}, longitude {latitude})" if swapped else ""))
     return None
+
+
+def coordinate_warnings(records: list[PairRecord]) -> list[Skip]:
+    """Kept coordinates that are valid degrees but look like something else: every one within
+    [-pi/2, pi/2] x [-pi, pi] (radians read as degrees put the whole dataset within 200 km of
+    (0, 0)).  One warning for the dataset, with an example."""
+    points = [(r.latitude, r.longitude) for r in records]
+    if len(points) >= 2 and all(abs(a) <= math.pi / 2 and abs(b) <= math.pi for a, b in points) and \
+            len(set(points)) > 1:
+        example = records[0]
+        return [Skip(COORDINATES_IN_RADIANS, example.key, (
+            f"all {len(points)} coordinates lie within [-pi/2, pi/2] x [-pi, pi] (e.g. latitude {example.latitude}, "
+            f"longitude {example.longitude}): they look like radians; give degrees (multiply by 180/pi) or, if the "
+            "dataset really lies around (0, 0), ignore this warning"), example.key)]
+    return []
+
+
+def rejected_rows(skipped: list[dict[str, Any]]) -> int:
+    """Rows (samples) the skips stand for: skips of one sample key count once."""
+    return len({s.get("key") or f"file:{s.get('file')}" for s in skipped
+                if s.get("reason") not in (UNUSED_SATELLITE,)})
+
+
+def rejection_groups(skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """``skipped`` grouped by reason (``gleam.rejections.group_rejections``) with a hint where the
+    rows share a recognisable cause (columns swapped, a file list from another folder)."""
+    from gleam.rejections import group_rejections
+
+    groups = group_rejections({"reason": s.get("reason"), "where": s.get("file", ""), "error": s.get("detail", "")}
+                              for s in skipped if s.get("reason") not in (UNUSED_SATELLITE,))
+    coordinates = [s for s in skipped if s.get("reason") == BAD_COORDINATES]
+    if coordinates:
+        swapped = sum(SWAPPED_MARK in str(s.get("detail", "")) for s in coordinates)
+        if swapped * 2 >= len(coordinates):
+            groups[BAD_COORDINATES]["hint"] = (
+                f"{swapped} of {len(coordinates)} rejected coordinates are valid with latitude and longitude "
+                "swapped: the columns are probably the other way round (latitude first, longitude second, "
+                "degrees); swap them in the source")
+    missing = groups.get(MISSING_FILE)
+    if missing and missing["count"] == len(skipped):
+        missing["hint"] = ("every listed image is missing: is root the folder the file names are relative to "
+                           "(check one example path above)?")
+    return groups
 
 
 # --------------------------------------------------------------------------- images
@@ -590,12 +642,27 @@ def drop_duplicates(records: list[PairRecord], hashes: dict[str, str | None],
 
 def run_plan(plan: IngestPlan, output: str, shard_config: ShardConfig, *, resume: bool = True,
              records_per_part: int = 512, max_side: int | None = None, dedupe: bool | None = None,
-             extra_report: dict[str, Any] | None = None) -> dict[str, Any]:
+             extra_report: dict[str, Any] | None = None, max_rejected_fraction: float = 0.5) -> dict[str, Any]:
     """Write ``plan`` as shards under ``output`` with Ray; returns the ingest report.
 
-    Ray must be initialised.  Writes ``ingest_report.json`` and then ``manifest.json``.
+    Ray must be initialised.  Writes ``ingest_report.json`` and then ``manifest.json`` (the step
+    that publishes the dataset).  A run that keeps no sample, or rejects more than
+    ``max_rejected_fraction`` of its rows, raises ``gleam.rejections.RejectedRunError`` (the
+    rejected rows grouped by reason, with examples and hints) and publishes nothing: before any
+    image is read when planning already kept nothing, else with the report written and no
+    manifest (a previous run's manifest in ``output`` is removed: it no longer describes the
+    folder).
     """
+    from gleam.rejections import check_fraction, check_kept
+
+    check_fraction("max_rejected_fraction", max_rejected_fraction)
     started = time.perf_counter()
+    plan.warnings.extend(coordinate_warnings(plan.records))
+    if not plan.records:
+        skipped = [asdict(s) for s in plan.skipped]
+        _unpublish(output)
+        check_kept(f"{plan.dataset} at {plan.root}", 0, rejected_rows(skipped), max_rejected_fraction,
+                   rejection_groups(skipped), "max_rejected_fraction")
     records = list(plan.records)
     make_keys_unique(records)
     storage.makedirs(output)
@@ -622,10 +689,26 @@ def run_plan(plan: IngestPlan, output: str, shard_config: ShardConfig, *, resume
                     "keep their shape in training and serving (padded or cropped, never stretched): see "
                     "'warnings' in %s", plan.dataset, off_aspect, report["panorama_aspects"], REPORT_NAME)
     report.update(extra_report or {})
+    kept, rejected = report["samples"], rejected_rows(report["skipped"])
+    report["rejected_rows"] = rejected
+    report["rejected_by_reason"] = rejection_groups(report["skipped"])
+    report["max_rejected_fraction"] = max_rejected_fraction
     storage.write_json(storage.join(output, REPORT_NAME), report)
+    if not kept or (rejected and rejected / (kept + rejected) > max_rejected_fraction):
+        _unpublish(output)
+        check_kept(f"{plan.dataset} at {plan.root} (report: {storage.join(output, REPORT_NAME)})", kept, rejected,
+                   max_rejected_fraction, report["rejected_by_reason"], "max_rejected_fraction", report)
     manifest = shards.write_manifest(output, records_by_part, dataset=plan.dataset, extra=manifest_extra)
     report["num_samples"], report["num_shards"] = manifest["num_samples"], manifest["num_shards"]
     return report
+
+
+def _unpublish(output: str) -> None:
+    """Remove a previous run's ``manifest.json`` from ``output``: a failed run leaves no dataset."""
+    url = storage.join(output, shards.MANIFEST_NAME)
+    if storage.exists(url):
+        log.warning("%s: removing the previous manifest (this run failed; the folder holds no complete dataset)", url)
+        storage.remove(url)
 
 
 def panorama_aspects(results: list[dict[str, Any]]) -> dict[str, int]:

@@ -169,6 +169,22 @@ def _utm_columns(utm: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     return second, first, "northing,easting"
 
 
+def _utm_rows(raw: Any, count: int, url: str) -> tuple[np.ndarray, bool]:
+    """``utm`` as [count, 2] rows and whether the file stored it transposed ([2, count], as a
+    MATLAB array saved the other way round is). Anything else is refused: flattening it into pairs
+    would silently pair one point's easting with another's."""
+    utm = np.asarray(raw, dtype=np.float64)
+    if utm.size == 0:
+        utm = np.zeros((0, 2))
+    if utm.ndim == 2 and utm.shape == (count, 2):
+        return utm, False
+    if utm.ndim == 2 and utm.shape == (2, count):
+        return utm.T.copy(), True
+    raise ValueError(f"cvact: {url}: utm has shape {list(utm.shape)}, but panoIds has {count} entries: expected "
+                     f"[{count}, 2] (one easting, northing row per panorama) or its transpose [2, {count}]; "
+                     "the file is damaged or from another release")
+
+
 def plan_cvact(root: str, options: CvactOptions) -> IngestPlan:
     """Validate the layout under ``root`` and plan every sample (see the module docstring)."""
     url = require_file(NAME, root, options.mat_file, EXPECTED, MAT_HINT)
@@ -177,10 +193,7 @@ def plan_cvact(root: str, options: CvactOptions) -> IngestPlan:
         if key not in mat:
             raise LayoutError(NAME, f"key '{key}' in the .mat file", url, EXPECTED, MAT_HINT)
     ids = _strings(mat["panoIds"])
-    utm = np.asarray(mat["utm"], dtype=np.float64).reshape(-1, 2) if np.size(mat["utm"]) else np.zeros((0, 2))
-    if len(utm) != len(ids):
-        raise ValueError(f"cvact: {url}: panoIds has {len(ids)} entries but utm has {len(utm)} rows; "
-                         "the file is damaged or from another release")
+    utm, transposed = _utm_rows(mat["utm"], len(ids), url)
     easting, northing, order = _utm_columns(utm)
     latitudes, longitudes = utm_to_latlon(easting, northing, options.utm_zone, options.southern)
     street, satellite = f"{options.images}/streetview", f"{options.images}/satview_polish"
@@ -222,5 +235,7 @@ def plan_cvact(root: str, options: CvactOptions) -> IngestPlan:
         note=f"{eval_set}: each panorama against the tiles of the whole set").to_json()
     plan.flags["eval_set"] = {"value": eval_set, "note": f"{eval_set} written to split '{options.val_split}'"}
     plan.flags["utm"] = {"value": f"zone {options.utm_zone}{'S' if options.southern else 'N'}", "columns": order,
-                         "note": "UTM converted to WGS84 latitude/longitude"}
+                         "transposed": transposed,
+                         "note": "UTM converted to WGS84 latitude/longitude"
+                         + (" (utm stored as [2, N]: read column-wise)" if transposed else "")}
     return plan
