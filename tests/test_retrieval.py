@@ -471,6 +471,26 @@ def test_one_photo_one_answer_in_batch_localization_and_serving(ray_session, tin
     assert differs == len(expected)  # the TTA really changes the embedding, so agreement means something
 
 
+def test_queries_embed_as_the_gallery_was_or_are_refused(built_index, tiny_world, tmp_path, monkeypatch):
+    """A modality registered after the build is not a mismatch; a checkpoint that sizes or
+    normalises images differently from the index's build is refused, naming both."""
+    import torch
+
+    from gleam.core.model import GleamEncoder, ModelConfig
+    from gleam.data import schema
+    from gleam.retrieval.embed import Embedder
+
+    monkeypatch.setattr(schema, "_MODALITIES", set(schema._MODALITIES))
+    schema.register_modality("thermal")
+    assert Embedder.for_index(built_index[0]).dim == 16
+    torch.manual_seed(0)
+    other = str(tmp_path / "ckpt-48")
+    GleamEncoder(ModelConfig(embedding_dim=16, image_size=48, panorama_size=[48, 96])).save_pretrained(other)
+    with pytest.raises(ValueError, match="input size per modality") as error:
+        Embedder.for_index(built_index[0], checkpoint=other)
+    assert other in str(error.value) and tiny_world["checkpoint"] in str(error.value)
+
+
 def test_localize_batch_that_keeps_nothing_fails_and_publishes_nothing(ray_session, built_index, tmp_path):
     from gleam.rejections import RejectedRunError
     from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch

@@ -162,6 +162,8 @@ class Embedder:
             raise ValueError(f"index {folder.url} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
         embedder = cls(chosen, tta=recorded.get("tta"), **options)
         mine = embedder.settings()
+        if isinstance(recorded.get("input_sizes"), dict):  # a modality registered after the build is not a mismatch
+            mine["input_sizes"] = {m: list(embedder.input_size(m)) for m in recorded["input_sizes"]}
         for key, fix in (("dim", "the embedding dimension"), ("input_sizes", "the input size per modality"),
                          ("mean", "the normalisation mean"), ("std", "the normalisation std")):
             if key in recorded and _normal(recorded[key]) != _normal(mine[key]):
