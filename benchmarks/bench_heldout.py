@@ -112,12 +112,23 @@ VARIANTS: dict[str, list[str]] = {
 # --------------------------------------------------------------------------- data
 
 
-def _synth(split: str, count: int, distractors: int, size: int, world_seed: int = 0) -> Any:
+def split_biomes(split: str, holdout_biome: str | None = None) -> list[str]:
+    """The biomes a split's regions cycle through: all four, or for leave-one-biome-out
+    (``holdout_biome``) the other three for train and only the held-out one for val and test."""
+    if holdout_biome is None:
+        return list(BIOMES)
+    if holdout_biome not in BIOMES:
+        raise ValueError(f"--holdout-biome {holdout_biome!r}: choose one of {BIOMES}")
+    return [b for b in BIOMES if b != holdout_biome] if split == "train" else [holdout_biome]
+
+
+def _synth(split: str, count: int, distractors: int, size: int, world_seed: int = 0,
+           biomes: list[str] | None = None) -> Any:
     from gleam.config import SynthConfig
 
     return SynthConfig(seed=world_seed, locations={split: count}, modalities=list(MODALITIES), distractors=distractors,
                        image_size=size, panorama_width=2 * size, locations_per_task=64,
-                       regions_per_split=4, biomes=list(BIOMES))
+                       regions_per_split=4, biomes=list(biomes or BIOMES))
 
 
 def _render_part(args: tuple) -> dict[str, Any]:
@@ -142,23 +153,25 @@ def _render_part(args: tuple) -> dict[str, Any]:
     return out
 
 
-def cache_path(cache: str, split: str, count: int, distractors: int, size: int, world_seed: int) -> str:
-    """The .npz of one rendered split: the world seed is part of the name, so another world never
-    reuses a cache (``<split>-w<world seed>-<locations>-<distractors>-<size>.npz``)."""
-    return os.path.join(cache, f"{split}-w{world_seed}-{count}-{distractors}-{size}.npz")
+def cache_path(cache: str, split: str, count: int, distractors: int, size: int, world_seed: int,
+               biomes: list[str] | None = None) -> str:
+    """The .npz of one rendered split: the world seed (and a biome subset) is part of the name, so
+    another world never reuses a cache (``<split>-w<world seed>[-b<biomes>]-<locations>-<distractors>-<size>.npz``)."""
+    tag = "" if not biomes or sorted(biomes) == sorted(BIOMES) else "-b" + "+".join(sorted(biomes))
+    return os.path.join(cache, f"{split}-w{world_seed}{tag}-{count}-{distractors}-{size}.npz")
 
 
 def render_split(split: str, count: int, distractors: int, size: int, workers: int, cache: str,
-                 world_seed: int = 0) -> dict[str, Any]:
+                 world_seed: int = 0, biomes: list[str] | None = None) -> dict[str, Any]:
     """All locations (and distractor tiles, with their biomes) of a split as arrays, cached as
-    .npz under ``cache``."""
-    path = cache_path(cache, split, count, distractors, size, world_seed)
+    .npz under ``cache``; ``biomes``: the biomes its regions cycle through (default all four)."""
+    path = cache_path(cache, split, count, distractors, size, world_seed, biomes)
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     from gleam.data.make_shards import plan_parts
 
-    synth = _synth(split, count, distractors, size, world_seed)
+    synth = _synth(split, count, distractors, size, world_seed, biomes)
     parts = plan_parts(synth)
     started = time.perf_counter()
     print(f"rendering {split}: {count} locations + {distractors} distractors in {len(parts)} parts", flush=True)
@@ -281,7 +294,8 @@ def _saved_path(spec: dict[str, Any]) -> str:
     """Where ``--save-dir`` keeps a row's chosen encoder: ``DIR/<locations>-<variant>-w<world seed>-s<seed>``
     (the final step's encoder, when validation chose an earlier one, beside it with ``-final``)."""
     return os.path.join(spec["save_dir"],
-                        f"{spec['locations']}-{spec['variant']}-w{spec['world_seed']}-s{spec['seed']}")
+                        f"{spec['locations']}-{spec['variant']}-w{spec['world_seed']}-s{spec['seed']}"
+                        + (f"-without-{spec['holdout_biome']}" if spec.get("holdout_biome") else ""))
 
 
 KEEP = ("R@1", "R@5", "R@10", "R@top1%", "AP", "queries")
@@ -542,6 +556,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (initialisation, batches, augmentation)")
     parser.add_argument("--world-seed", type=int, default=0,
                         help="seed of the synthetic world (SynthConfig.seed): which places, all three splits")
+    parser.add_argument("--holdout-biome", default=None, choices=BIOMES,
+                        help="leave-one-biome-out: train on the other three biomes, val and test in this one only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parallel", type=int, default=1, help="rows trained at once (processes)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
@@ -573,10 +589,14 @@ def main() -> None:
     started = time.perf_counter()
     largest = max(n for n, _ in pairs)
     world = args.world_seed
-    train = render_split("train", largest, 0, args.image_size, args.workers, args.cache, world) if largest else None
-    val = render_split("val", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world)
-    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world)
-    render = {"world_seed": world,
+    biomes = {split: split_biomes(split, args.holdout_biome) for split in ("train", "val", "test")}
+    train = (render_split("train", largest, 0, args.image_size, args.workers, args.cache, world, biomes["train"])
+             if largest else None)
+    val = render_split("val", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world,
+                       biomes["val"])
+    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world,
+                        biomes["test"])
+    render = {"world_seed": world, "holdout_biome": args.holdout_biome, "biomes": biomes,
               "train": {"locations": largest, "seconds": float(train["render_seconds"]),
                         "workers": int(train["render_workers"])} if largest else None,
               **{name: {"locations": args.heldout, "distractors": args.distractors,
@@ -588,9 +608,11 @@ def main() -> None:
               "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "world_seed": world,
               "device": args.device, "eval_every": args.eval_every, "log_every": args.log_every,
               "save_dir": args.save_dir and os.path.abspath(args.save_dir), "threads": args.threads,
-              "train_cache": cache_path(args.cache, "train", largest, 0, args.image_size, world),
-              "val_cache": cache_path(args.cache, "val", args.heldout, args.distractors, args.image_size, world),
-              "test_cache": cache_path(args.cache, "test", args.heldout, args.distractors, args.image_size, world)}
+              "train_cache": cache_path(args.cache, "train", largest, 0, args.image_size, world, biomes["train"]),
+              "val_cache": cache_path(args.cache, "val", args.heldout, args.distractors, args.image_size, world,
+                                      biomes["val"]),
+              "test_cache": cache_path(args.cache, "test", args.heldout, args.distractors, args.image_size, world,
+                                       biomes["test"])}
              for n, v in pairs]
     for spec, checkpoint in zip(specs, args.score or []):
         spec["checkpoint"] = os.path.abspath(checkpoint)
@@ -598,6 +620,7 @@ def main() -> None:
         spec["locations"] = int(named.group(1)) if named else None
     for spec in specs:
         spec["flip"] = args.flip
+        spec["holdout_biome"] = args.holdout_biome
     from gleam.provenance import provenance
 
     command = [sys.executable, *sys.argv]
@@ -605,6 +628,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "bench_heldout", "command": " ".join(sys.argv), "machine": platform.node(),
         "cpu_count": os.cpu_count(), "world_seed": world, "seed": args.seed, "render": render,
+        "holdout_biome": args.holdout_biome,
         "splits": {"train": "fits the encoder", "val": "chooses (the curve, the step kept)",
                    "test": "reported once per row, with the encoder validation chose"},
         "held_out_split": "test",

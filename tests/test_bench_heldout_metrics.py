@@ -68,3 +68,50 @@ def test_cache_and_checkpoint_names_carry_the_world_seed(bench):
     assert "-w3-" in bench.cache_path("c", "val", 256, 256, 96, 3)
     spec = {"save_dir": "d", "locations": 6144, "variant": "pretrained_lr3e-4", "world_seed": 0, "seed": 0}
     assert bench._saved_path(spec) == os.path.join("d", "6144-pretrained_lr3e-4-w0-s0")
+
+
+def test_leave_one_biome_out_splits_and_names(bench):
+    """--holdout-biome: train regions cycle through the other three biomes, val and test regions
+    hold only the held-out one; caches and saved encoders are named apart from the full world."""
+    from gleam.data.make_shards import plan_parts
+
+    assert bench.split_biomes("train") == bench.split_biomes("test") == bench.BIOMES
+    for split in ("train", "val", "test"):
+        biomes = bench.split_biomes(split, "arid")
+        synth = bench._synth(split, 512, 0 if split == "train" else 128, 32, 0, biomes)
+        regions = {synth.biomes[part.region % len(synth.biomes)] for part in plan_parts(synth)}
+        assert (regions == {"arid"}) == (split != "train") and ("arid" in regions) == (split != "train")
+    with pytest.raises(ValueError, match="choose one of"):
+        bench.split_biomes("val", "lunar")
+    lobo = bench.cache_path("c", "val", 256, 256, 96, 0, ["arid"])
+    assert lobo != bench.cache_path("c", "val", 256, 256, 96, 0) and "-barid-" in lobo
+    assert bench.cache_path("c", "val", 256, 256, 96, 0, list(reversed(bench.BIOMES))) == \
+        bench.cache_path("c", "val", 256, 256, 96, 0)
+    spec = {"save_dir": "d", "locations": 1536, "variant": "v", "world_seed": 1, "seed": 1, "holdout_biome": "arid"}
+    assert bench._saved_path(spec) == os.path.join("d", "1536-v-w1-s1-without-arid")
+
+
+def test_seed_summary_is_mean_and_standard_error_over_pairs():
+    """benchmarks/bench_heldout_seeds.py: per row and view, mean, sd (n - 1) and se = sd / sqrt(n)
+    of each pair's test numbers; rows that failed are left out of the mean, not counted as 0."""
+    spec = importlib.util.spec_from_file_location("bench_heldout_seeds",
+                                                  os.path.join(ROOT, "benchmarks", "bench_heldout_seeds.py"))
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+
+    def result(r1, step):
+        views = {"uav": {"R@1": r1, "R@5": r1 + 10, "AP": r1, "R@1_biome": r1, "median_error_m": 0.0}}
+        return {"rows": [{"train_locations": 1536, "variant": "v", "held_out": {"views": views},
+                          "selection": {"chosen_step": step, "chosen_score": 1.0}},
+                         {"train_locations": 1536, "variant": "broken", "error": "RuntimeError: x"}]}
+
+    rows = seeds.summarise({(0, 0): result(60.0, 800), (1, 1): result(70.0, 600), (2, 2): result(80.0, 800)})
+    assert [(r["train_locations"], r["variant"]) for r in rows] == [(1536, "v")]
+    r1 = rows[0]["test"]["uav"]["R@1"]
+    assert r1["n"] == 3 and r1["mean"] == pytest.approx(70.0) and r1["sd"] == pytest.approx(10.0)
+    assert r1["se"] == pytest.approx(10.0 / np.sqrt(3))
+    assert [p["chosen_step"] for p in rows[0]["pairs"]] == [800, 600, 800]
+    assert seeds.mean_se([5.0])["se"] is None
+    assert seeds.parse_pair("3:4") == (3, 4)
+    with pytest.raises(Exception, match="WORLD:TRAIN"):
+        seeds.parse_pair("3")
