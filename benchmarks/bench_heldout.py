@@ -590,13 +590,12 @@ def main() -> None:
     largest = max(n for n, _ in pairs)
     world = args.world_seed
     biomes = {split: split_biomes(split, args.holdout_biome) for split in ("train", "val", "test")}
-    train = (render_split("train", largest, 0, args.image_size, args.workers, args.cache, world, biomes["train"])
-             if largest else None)
-    val = render_split("val", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world,
-                       biomes["val"])
-    test = render_split("test", args.heldout, args.distractors, args.image_size, args.workers, args.cache, world,
-                        biomes["test"])
-    render = {"world_seed": world, "holdout_biome": args.holdout_biome, "biomes": biomes,
+    sizes = {"train": (largest, 0), "val": (args.heldout, args.distractors), "test": (args.heldout, args.distractors)}
+    caches = {split: cache_path(args.cache, split, *sizes[split], args.image_size, world, biomes[split])
+              for split in sizes}
+    train, val, test = (render_split(split, *sizes[split], args.image_size, args.workers, args.cache, world,
+                                     biomes[split]) if split != "train" or largest else None for split in sizes)
+    render = {"world_seed": world, "biomes": biomes,
               "train": {"locations": largest, "seconds": float(train["render_seconds"]),
                         "workers": int(train["render_workers"])} if largest else None,
               **{name: {"locations": args.heldout, "distractors": args.distractors,
@@ -608,11 +607,7 @@ def main() -> None:
               "batch": args.batch, "image_size": args.image_size, "seed": args.seed, "world_seed": world,
               "device": args.device, "eval_every": args.eval_every, "log_every": args.log_every,
               "save_dir": args.save_dir and os.path.abspath(args.save_dir), "threads": args.threads,
-              "train_cache": cache_path(args.cache, "train", largest, 0, args.image_size, world, biomes["train"]),
-              "val_cache": cache_path(args.cache, "val", args.heldout, args.distractors, args.image_size, world,
-                                      biomes["val"]),
-              "test_cache": cache_path(args.cache, "test", args.heldout, args.distractors, args.image_size, world,
-                                       biomes["test"])}
+              **{f"{split}_cache": path for split, path in caches.items()}}
              for n, v in pairs]
     for spec, checkpoint in zip(specs, args.score or []):
         spec["checkpoint"] = os.path.abspath(checkpoint)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,17 +134,18 @@ class Embedder:
     def config(self) -> Any:
         return self.model.config
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self, views: Iterable[str] | None = None) -> dict[str, Any]:
         """How this embedder turns an image into a vector (recorded with an index, so every
         consumer embeds queries as the gallery was embedded): checkpoint, dimension, test-time
-        augmentation, input size per modality, normalisation, how images are fitted."""
+        augmentation, input size per modality (``views``; default every registered modality),
+        normalisation, how images are fitted."""
         from gleam.data.schema import modalities
 
         tta = self.tta
         return {"checkpoint": self.checkpoint, "dim": self.dim,
                 "tta": {"flip": bool(tta.flip), "scales": [float(s) for s in tta.scales]} if tta is not None
                 else {"flip": False, "scales": [1.0]},
-                "input_sizes": {m: list(self.input_size(m)) for m in modalities()},
+                "input_sizes": {m: list(self.input_size(m)) for m in (modalities() if views is None else views)},
                 "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
                 "fit": "gleam.data.transforms.fit_view", "gallery_modality": "satellite"}
 
@@ -161,9 +163,8 @@ class Embedder:
         if not chosen:
             raise ValueError(f"index {folder.url} records no checkpoint; pass checkpoint=<GLEAM-C folder>")
         embedder = cls(chosen, tta=recorded.get("tta"), **options)
-        mine = embedder.settings()
-        if isinstance(recorded.get("input_sizes"), dict):  # a modality registered after the build is not a mismatch
-            mine["input_sizes"] = {m: list(embedder.input_size(m)) for m in recorded["input_sizes"]}
+        sizes = recorded.get("input_sizes")  # the index's views: a modality registered after the build is no mismatch
+        mine = embedder.settings(views=list(sizes) if isinstance(sizes, dict) else None)
         for key, fix in (("dim", "the embedding dimension"), ("input_sizes", "the input size per modality"),
                          ("mean", "the normalisation mean"), ("std", "the normalisation std")):
             if key in recorded and _normal(recorded[key]) != _normal(mine[key]):
