@@ -659,11 +659,11 @@ def main() -> None:
                 row = {"variant": spec["variant"], "train_locations": spec["locations"],
                        "error": f"{type(error).__name__}: {error}"}
             result["rows"].append(row)
-            result["rows"].sort(key=lambda r: (r["train_locations"], r["variant"]))
+            result["rows"].sort(key=lambda r: (r["train_locations"] or 0, r["variant"]))
             result["seconds"] = round(time.perf_counter() - started, 1)
             write()
             views = row.get("held_out", {}).get("views", {})
-            print(f"{row['train_locations']:>6} {row['variant']:<22} steps {row.get('steps')} "
+            print(f"{str(row['train_locations']):>6} {row['variant']:<22} steps {row.get('steps')} "
                   + " ".join(f"{v} {m['R@1']:.1f}" for v, m in views.items()) + f" {row.get('error', '')}",
                   flush=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
