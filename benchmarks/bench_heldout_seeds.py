@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -40,9 +41,8 @@ def mean_se(values: list[float]) -> dict[str, Any]:
     """Mean, sample standard deviation (ddof 1) and standard error sd / sqrt(n) of ``values``;
     sd and se are None for a single value."""
     n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {"n": n, "mean": mean, "sd": sd, "se": sd / math.sqrt(n) if sd is not None else None,
+    sd = statistics.stdev(values) if n > 1 else None
+    return {"n": n, "mean": statistics.fmean(values), "sd": sd, "se": sd / math.sqrt(n) if sd is not None else None,
             "values": values}
 
 
