@@ -13,8 +13,10 @@ forward rate: same model, same batch size, same image size, same number of CPU t
   batches at 1 thread: how much of the gap is the stage and how much Ray's plumbing.
 - ratio = pipeline images/s / raw images/s at the same total thread count (the actors' threads).
 
-The model is the local GLEAM-C architecture (configs/local-cpu.yaml: convnext_atto, 96 px, 128-d)
-with fresh weights (speed does not depend on the weights); the gallery is random unit vectors.
+The model is the local GLEAM-C architecture (configs/local-cpu.yaml: tf_efficientnet_lite0, 96 px,
+128-d; ``--backbone`` another timm name) with fresh weights (speed does not depend on the weights);
+the gallery is random unit vectors.  The raw rate is the faster of the two memory layouts
+(NCHW-contiguous and channels-last), so the ratio is against the encoder's best bare speed.
 
     python benchmarks/bench_localize.py                      # writes benchmarks/results/localize.json
     python benchmarks/bench_localize.py --images 128 256 --out /tmp/localize.json
@@ -46,33 +48,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--embedding-dim", type=int, default=128)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone (the local default)")
     parser.add_argument("--gallery", type=int, default=10_000)
     parser.add_argument("--raw-seconds", type=float, default=4.0, help="timed seconds per raw measurement")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
-def make_checkpoint(folder: str, image_size: int, dim: int) -> str:
+def make_checkpoint(folder: str, image_size: int, dim: int, backbone: str = "tf_efficientnet_lite0") -> str:
     import torch
 
     from gleam.core.model import GleamEncoder, ModelConfig
 
     torch.manual_seed(0)
     path = os.path.join(folder, "checkpoint")
-    GleamEncoder(ModelConfig(backbone="convnext_atto", embedding_dim=dim, image_size=image_size,
+    GleamEncoder(ModelConfig(backbone=backbone, embedding_dim=dim, image_size=image_size,
                              panorama_size=[image_size, 2 * image_size], logit_scale_init=0.0)).save_pretrained(path)
     return path
 
 
 def make_index(folder: str, count: int, dim: int, checkpoint: str) -> str:
+    """A flat index of ``count`` random unit vectors, published as one build with the embedding
+    settings of ``checkpoint`` (``retrieval.json``), as ``jobs/build_index.py`` writes it."""
+    from gleam.retrieval.build import RETRIEVAL_FILE
+    from gleam.retrieval.embed import EMBEDDING_KEY, Embedder
+    from gleam.retrieval.folder import BuildWriter
     from gleam.retrieval.index import GalleryIndex, IndexConfig
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(count, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     path = os.path.join(folder, "index")
-    GalleryIndex.build(vectors, [f"tile{i:06d}" for i in range(count)], rng.uniform(-60, 60, count),
-                       rng.uniform(-170, 170, count), IndexConfig(kind="flat"), checkpoint=checkpoint).save(path)
+    index = GalleryIndex.build(vectors, [f"tile{i:06d}" for i in range(count)], rng.uniform(-60, 60, count),
+                               rng.uniform(-170, 170, count), IndexConfig(kind="flat"), checkpoint=checkpoint)
+    settings = Embedder(checkpoint, device="cpu").settings()
+    with BuildWriter(path) as build:
+        index.write_files(build)
+        build.write_json(RETRIEVAL_FILE, {"tta": settings["tta"], "gallery_splits": None, EMBEDDING_KEY: settings,
+                                          "build_id": build.build_id})
     return path
 
 
@@ -91,7 +104,9 @@ def make_images(folder: str, count: int, size: int) -> str:
 def raw_forward_rate(checkpoint: str, batch_size: int, image_size: int, threads: int, seconds: float,
                      repeats: int = 3) -> float:
     """Images/s of encoder forward passes on a ready batch, ``threads`` torch threads; the best
-    of ``repeats`` timed windows (other processes on a shared machine only ever slow it down)."""
+    of ``repeats`` timed windows (other processes on a shared machine only ever slow it down) and
+    of the two memory layouts (NCHW-contiguous, channels-last: which is faster depends on the
+    backbone and the CPU)."""
     import torch
 
     from gleam.core.model import GleamEncoder
@@ -100,18 +115,19 @@ def raw_forward_rate(checkpoint: str, batch_size: int, image_size: int, threads:
     torch.set_num_threads(threads)
     try:
         model = GleamEncoder.from_pretrained(checkpoint).eval()
-        batch = torch.randn(batch_size, 3, image_size, image_size)
+        contiguous = torch.randn(batch_size, 3, image_size, image_size)
+        rates = []
         with torch.inference_mode():
-            for _ in range(3):
-                model(batch)
-            rates = []
-            for _ in range(repeats):
-                done, started = 0, time.perf_counter()
-                while time.perf_counter() - started < seconds / repeats:
+            for batch in (contiguous, contiguous.contiguous(memory_format=torch.channels_last)):
+                for _ in range(3):
                     model(batch)
-                    done += batch_size
-                rates.append(done / (time.perf_counter() - started))
-            return max(rates)
+                for _ in range(repeats):
+                    done, started = 0, time.perf_counter()
+                    while time.perf_counter() - started < seconds / repeats:
+                        model(batch)
+                        done += batch_size
+                    rates.append(done / (time.perf_counter() - started))
+        return max(rates)
     finally:
         torch.set_num_threads(previous)
 
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     n1, n2 = args.images
     with tempfile.TemporaryDirectory(prefix="gleam-bench-localize-") as folder:
-        checkpoint = make_checkpoint(folder, args.image_size, args.embedding_dim)
+        checkpoint = make_checkpoint(folder, args.image_size, args.embedding_dim, args.backbone)
         index = make_index(folder, args.gallery, args.embedding_dim, checkpoint)
         inputs = {n: make_images(os.path.join(folder, f"images{n}"), n, args.image_size) for n in (n1, n2)}
         pools = [(int(p.split("x")[0]), float(p.split("x")[1])) for p in args.pools]
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "localize_batch vs raw encoder forward",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "ray": ray.__version__},
-        "model": {"backbone": "convnext_atto", "image_size": args.image_size, "embedding_dim": args.embedding_dim},
+        "model": {"backbone": args.backbone, "image_size": args.image_size, "embedding_dim": args.embedding_dim},
         "batch_size": args.batch_size, "images": [n1, n2], "gallery": args.gallery, "index": "flat",
         "raw_forward_images_per_second": {str(t): {"before": round(raw[t], 1), "after": round(raw_after[t], 1)}
                                           for t in threads_needed},
@@ -229,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         "pipelines": pipelines,
         "note": "CPU-only; the machine may be shared with other processes, so treat small differences as noise",
     }
+    from gleam.provenance import provenance
+
+    result["provenance"] = provenance(seeds={"weights": 0, "gallery": 0, "images": 1})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

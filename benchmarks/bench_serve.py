@@ -1,7 +1,7 @@
 """Serving throughput and latency of POST /v1/localize with and without @serve.batch.
 
 The same app (gleam.serving.app.build_app: FastAPI ingress -> Retriever with the local GLEAM-C
-architecture, convnext_atto at 96 px, fresh weights, and a flat index of random unit vectors)
+architecture, tf_efficientnet_lite0 at 96 px, fresh weights, and a flat index of random unit vectors)
 runs on a local Ray Serve; ``concurrency`` client threads (httpx) send ``requests`` uploads of a
 96 px JPEG. Measured: requests/s over the whole burst, p50/p99 latency, and the batch sizes the
 Retriever actually formed. ``max_batch_size=1`` is the no-batching baseline; the ratio is
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
               "p99_ratio_vs_unbatched": {str(r["max_batch_size"]): round(r["latency_ms"]["p99"] /
                                                                         results[0]["latency_ms"]["p99"], 3)
                                          for r in results}}
+    from gleam.provenance import provenance
+
+    report["provenance"] = provenance(seeds={"weights": 0, "gallery": 0, "image": 0})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -1,7 +1,7 @@
 """Soak and fault test of the served app: sustained load with malformed clients, a replica killed.
 
 A real `serve run` (its own local Ray) on 127.0.0.1 serves gleam.serving.app with the local
-GLEAM-C architecture (convnext_atto at 96 px, fresh weights), a flat index of random unit
+GLEAM-C architecture (tf_efficientnet_lite0 at 96 px, fresh weights), a flat index of random unit
 vectors, API keys on, and two Retriever replicas. ``--clients`` asyncio clients (httpx) send
 requests back to back for ``--seconds``; ``--malformed`` of them are bad on purpose, cycling
 through: not an image (415), unknown view (422), invalid base64 (422), a body over the cap
@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "serve_soak", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "image_size": args.image_size, "gallery": args.gallery,
               "retriever_replicas": 2, "retriever_batching_after_one_replica": batching, **summarise(run, args)}
+    from gleam.provenance import provenance
+
+    report["provenance"] = provenance(seeds={"weights": 0, "gallery": 0})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -100,6 +100,9 @@ def main() -> None:
     results["data_pipeline_seconds"] = load_seconds
     results["ratio_pipeline_rate_vs_trainer_consumption"] = pipeline_rate / results["ray_train_2_workers_samples_per_s"]
     ray.shutdown()
+    from gleam.provenance import provenance
+
+    results["provenance"] = provenance(seeds={"weights": 0, "plan": 0})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}, handle, indent=2)
