@@ -8,7 +8,9 @@ forward rate: same model, same batch size, same image size, same number of CPU t
   (actor pool), stream results to Parquet + JSON lines.  ``end_to_end`` divides the images by
   the job's whole time (actor start-up and model/index loading included); ``marginal`` is
   ``(N2 - N1) / (t2 - t1)`` from runs over N1 and N2 images, i.e. the steady-state rate with
-  the fixed start-up costs taken out.
+  the fixed start-up costs taken out; ``steady`` is the same within one run (the report's
+  ``steady_images_per_second``: images after the first result batch over the time after it) and
+  ``startup_seconds`` the time until that first batch (listing, actor start, model + index load).
 - ``stage``: the actor stage alone (embed + search + result table) called in-process on ready
   batches at 1 thread: how much of the gap is the stage and how much Ray's plumbing.
 - ratio = pipeline images/s / raw images/s at the same total thread count (the actors' threads).
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +44,9 @@ DEFAULT_POOLS = ["1x1.0"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs=2, default=[256, 1024], metavar=("N1", "N2"))
+    parser.add_argument("--images", type=int, nargs="+", default=[256, 1024], metavar="N",
+                        help="folder sizes (2 or more; marginal = between the smallest and the largest)")
+    parser.add_argument("--headline", type=int, default=1024, help="the size the ratios are given at (one of --images)")
     parser.add_argument("--pools", nargs="+", default=DEFAULT_POOLS,
                         help="actor pools ACTORSxCPUS, e.g. 1x1.0 2x0.75 (2 cores: keep the sum + 0.25 <= 2)")
     parser.add_argument("--repeats", type=int, default=2, help="pipeline runs per size (fastest kept)")
@@ -183,11 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    n1, n2 = args.images
+    sizes = sorted(set(args.images))
+    if len(sizes) < 2 or args.headline not in sizes:
+        raise SystemExit(f"--images {args.images}: give 2 or more sizes including --headline {args.headline}")
+    n1, n2, head = sizes[0], sizes[-1], args.headline
     with tempfile.TemporaryDirectory(prefix="gleam-bench-localize-") as folder:
         checkpoint = make_checkpoint(folder, args.image_size, args.embedding_dim, args.backbone)
         index = make_index(folder, args.gallery, args.embedding_dim, checkpoint)
-        inputs = {n: make_images(os.path.join(folder, f"images{n}"), n, args.image_size) for n in (n1, n2)}
+        inputs = {n: make_images(os.path.join(folder, f"images{n}"), n, args.image_size) for n in sizes}
         pools = [(int(p.split("x")[0]), float(p.split("x")[1])) for p in args.pools]
         threads_needed = sorted({actors * max(1, round(cpus)) for actors, cpus in pools})
         load_before = os.getloadavg()
@@ -200,17 +208,22 @@ def main(argv: list[str] | None = None) -> dict:
             for actors, cpus in pools:
                 threads = actors * max(1, round(cpus))
                 runs = {}
-                for n in (n1, n2):
+                for n in sizes:
                     tries = [pipeline_run(inputs[n], index, os.path.join(folder, f"out-{actors}-{n}-{r}"), actors,
                                           cpus, args.batch_size) for r in range(args.repeats)]
                     runs[n] = min(tries, key=lambda report: report["seconds"])
+                    runs[n]["driver_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
                 marginal = (n2 - n1) / (runs[n2]["seconds"] - runs[n1]["seconds"])
-                end_to_end = runs[n2]["images_per_second"]
+                end_to_end = runs[head]["images_per_second"]
                 pipelines.append({
                     "actors": actors, "cpus_per_actor": cpus, "torch_threads_total": threads,
-                    "seconds": {str(n): runs[n]["seconds"] for n in (n1, n2)},
-                    "end_to_end_images_per_second": {str(n): runs[n]["images_per_second"] for n in (n1, n2)},
+                    "seconds": {str(n): runs[n]["seconds"] for n in sizes},
+                    "end_to_end_images_per_second": {str(n): runs[n]["images_per_second"] for n in sizes},
                     "marginal_images_per_second": round(marginal, 1),
+                    # one run's own split (localize_batch's report): until the first result batch, then after it
+                    "startup_seconds": {str(n): runs[n]["startup_seconds"] for n in sizes},
+                    "steady_images_per_second": {str(n): runs[n]["steady_images_per_second"] for n in sizes},
+                    "driver_peak_rss_mib": {str(n): runs[n]["driver_peak_rss_mib"] for n in sizes},
                     "raw_forward_images_per_second": round(raw[threads], 1),
                     "ratio_end_to_end": round(end_to_end / raw[threads], 3),
                     "ratio_marginal": round(marginal / raw[threads], 3),
@@ -227,16 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
             threads = entry["torch_threads_total"]
             best = max(raw[threads], raw_after[threads])
             marginal = entry["marginal_images_per_second"]
-            end_to_end = entry["end_to_end_images_per_second"][str(n2)]
+            end_to_end = entry["end_to_end_images_per_second"][str(head)]
             entry.update({"raw_forward_images_per_second": round(best, 1),
                           "ratio_end_to_end": round(end_to_end / best, 3),
-                          "ratio_marginal": round(marginal / best, 3)})
+                          "ratio_marginal": round(marginal / best, 3),
+                          "ratio_steady": round(entry["steady_images_per_second"][str(head)] / best, 3),
+                          "ratio_end_to_end_by_images": {n: round(v / best, 3) for n, v in
+                                                         entry["end_to_end_images_per_second"].items()}})
     result = {
         "benchmark": "localize_batch vs raw encoder forward",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "ray": ray.__version__},
         "model": {"backbone": args.backbone, "image_size": args.image_size, "embedding_dim": args.embedding_dim},
-        "batch_size": args.batch_size, "images": [n1, n2], "gallery": args.gallery, "index": "flat",
+        "batch_size": args.batch_size, "images": sizes, "ratios_at_images": head, "gallery": args.gallery, "index": "flat",
         "raw_forward_images_per_second": {str(t): {"before": round(raw[t], 1), "after": round(raw_after[t], 1)}
                                           for t in threads_needed},
         "in_process_stage_images_per_second_1_thread": round(stage, 1),

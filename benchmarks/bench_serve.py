@@ -4,8 +4,11 @@ The same app (gleam.serving.app.build_app: FastAPI ingress -> Retriever with the
 architecture, tf_efficientnet_lite0 at 96 px, fresh weights, and a flat index of random unit vectors)
 runs on a local Ray Serve; ``concurrency`` client threads (httpx) send ``requests`` uploads of a
 96 px JPEG. Measured: requests/s over the whole burst, p50/p99 latency, and the batch sizes the
-Retriever actually formed. ``max_batch_size=1`` is the no-batching baseline; the ratio is
-batched / unbatched requests/s in the same run on the same machine.
+Retriever actually formed, for each batch wait (``--batch-waits``). ``max_batch_size=1`` is the
+no-batching baseline; the ratio is batched / unbatched requests/s in the same run on the same
+machine. ``forward_batch_speedup`` is the encoder's own per-image gain from batching at one
+thread (measured here, before Serve starts): where the forward pass is the Retriever's cost,
+batching cannot raise requests/s by more than that.
 
     python benchmarks/bench_serve.py                   # writes benchmarks/results/serve.json
     python benchmarks/bench_serve.py --requests 400 --concurrency 32
@@ -36,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--batch-wait", type=float, default=0.01)
+    parser.add_argument("--batch-waits", type=float, nargs="+", default=[0.01, 0.05],
+                        help="batch_wait_timeout_s of each batched run (the unbatched run has none)")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--gallery", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -68,6 +72,33 @@ def burst(url: str, image: bytes, requests: int, concurrency: int) -> dict:
                            "mean": round(float(latencies.mean()) * 1000, 1)}}
 
 
+def forward_ms_per_image(checkpoint: str, image_size: int, batch_sizes: list[int], seconds: float = 2.0) -> dict:
+    """Encoder forward time per image (ms) at each batch size, 1 torch thread (a Retriever replica
+    at one CPU), channels-last as serving feeds it: what batching can gain in the forward at most."""
+    import torch
+
+    from gleam.core.model import GleamEncoder
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = GleamEncoder.from_pretrained(checkpoint).eval()
+        times = {}
+        with torch.inference_mode():
+            for batch in batch_sizes:
+                images = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+                for _ in range(3):
+                    model(images)
+                runs, started = 0, time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    model(images)
+                    runs += 1
+                times[str(batch)] = round((time.perf_counter() - started) / runs / batch * 1000, 2)
+        return times
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(argv: list[str] | None = None) -> dict:
     import httpx
     import ray
@@ -85,20 +116,22 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gleam-bench-serve-") as folder:
         checkpoint = make_checkpoint(folder, args.image_size, 128)
         index = make_index(folder, args.gallery, 128, checkpoint)
+        forward = forward_ms_per_image(checkpoint, args.image_size, sorted({1, *args.batch_sizes}))
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         port = 8000 + os.getpid() % 1000
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            for batch_size in args.batch_sizes:
+            runs = [(size, wait) for size in args.batch_sizes for wait in ([0.0] if size == 1 else args.batch_waits)]
+            for batch_size, wait in runs:
                 config = ServeAppConfig(index=index, checkpoint=checkpoint, explainer="", retriever=DeploymentSection(
-                    num_cpus=1.0, max_batch_size=batch_size, batch_wait_timeout_s=args.batch_wait,
+                    num_cpus=1.0, max_batch_size=batch_size, batch_wait_timeout_s=wait,
                     max_ongoing_requests=max(2 * batch_size, 8),
                     autoscaling=AutoscalingSection(min_replicas=1, max_replicas=1)))
                 serve.run(build_app(config), name="gleam", route_prefix="/")
                 url = f"http://127.0.0.1:{port}"
                 measured = burst(url + "/v1/localize", image, args.requests, args.concurrency)
                 batching = httpx.get(url + "/healthz", timeout=60).json()["retriever"]["batching"]
-                measured.update({"max_batch_size": batch_size, "batch_wait_timeout_s": args.batch_wait,
+                measured.update({"max_batch_size": batch_size, "batch_wait_timeout_s": wait,
                                  "mean_batch": round(batching["requests"] / max(batching["batches"], 1), 2),
                                  "max_batch": batching["max_batch"]})
                 results.append(measured)
@@ -108,13 +141,22 @@ def main(argv: list[str] | None = None) -> dict:
             serve.shutdown()
             ray.shutdown()
     base = results[0]["requests_per_second"]
+
+    def name(run: dict) -> str:
+        return f"{run['max_batch_size']}@{run['batch_wait_timeout_s']:g}s"
+
+    largest = str(max(args.batch_sizes))
     report = {"benchmark": "serve_localize", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "image_size": args.image_size, "gallery": args.gallery, "runs": results,
-              "ratio_requests_per_second_vs_unbatched": {str(r["max_batch_size"]): round(r["requests_per_second"] / base, 3)
+              "image_size": args.image_size, "gallery": args.gallery, "concurrency": args.concurrency,
+              "runs": results,
+              "ratio_requests_per_second_vs_unbatched": {name(r): round(r["requests_per_second"] / base, 3)
                                                          for r in results},
-              "p99_ratio_vs_unbatched": {str(r["max_batch_size"]): round(r["latency_ms"]["p99"] /
-                                                                        results[0]["latency_ms"]["p99"], 3)
-                                         for r in results}}
+              "p99_ratio_vs_unbatched": {name(r): round(r["latency_ms"]["p99"] / results[0]["latency_ms"]["p99"], 3)
+                                         for r in results},
+              # the encoder's own gain from batching at one thread: batching cannot raise the
+              # Retriever's rate by more than this where the forward pass is its cost
+              "forward_ms_per_image_1_thread": forward,
+              "forward_batch_speedup": round(forward["1"] / forward[largest], 3)}
     from gleam.provenance import provenance
 
     report["provenance"] = provenance(seeds={"weights": 0, "gallery": 0, "image": 0})

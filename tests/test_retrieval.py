@@ -263,6 +263,9 @@ def test_localize_batch_folder(ray_session, tiny_world, built_index, tmp_path):
                                                 read=ReadConfig(files_per_block=2), max_rejected_fraction=0.2))
     assert (report["images"], report["ok"], report["errors"]) == (7, 6, 1)
     assert report["images_per_second"] > 0
+    # start-up (until the first result batch) reported apart from the steady rate after it
+    assert 0 < report["startup_seconds"] < report["seconds"]
+    assert report["steady_images_per_second"] is None or report["steady_images_per_second"] > 0
     rows = {row["path"]: row for row in read_results(output)}
     broken = rows.pop(str(photos / "ground" / "broken.jpg"))
     assert "cannot decode image" in broken["error"] and broken["top_ids"] == [] and broken["location_id"] is None
@@ -300,12 +303,15 @@ def test_localize_batch_on_s3_with_fixed_modality(ray_session, tiny_world, built
 
 
 def test_localize_batch_config_errors(tiny_world, built_index, tmp_path):
-    from gleam.retrieval.batch import LocalizeBatchConfig, localize_batch, modality_of
+    from gleam.retrieval.batch import LocalizeBatchConfig, ReadConfig, localize_batch, modality_of
 
     with pytest.raises(FileNotFoundError, match="not a gallery index"):
         localize_batch(LocalizeBatchConfig(input=str(tmp_path), index=str(tmp_path / "none")))
     with pytest.raises(ValueError, match="no images"):
         localize_batch(LocalizeBatchConfig(input=str(tmp_path), index=built_index[0], output=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match=r"read.concurrency=0: must be an integer >= 1"):  # before any listing or task
+        localize_batch(LocalizeBatchConfig(input=str(tmp_path), index=built_index[0], output=str(tmp_path / "o"),
+                                           read=ReadConfig(concurrency=0)))
     assert modality_of("/d/x/uav/trip/panorama/a.jpg", "/d", "auto", None) == "panorama"
     assert modality_of("/d/uav/a.jpg", "/d/uav", "auto", "ground") == "ground"  # only below the root
     assert modality_of("/d/a.jpg", "/d", "streetmap", None) == "streetmap"

@@ -19,10 +19,13 @@ from north (``gleam.data.synth`` renders north at column 0 by default).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,7 +135,13 @@ def augment_pair(query: np.ndarray, satellite: np.ndarray, modality: str, rng: n
 
 
 def to_tensor(images: list[np.ndarray], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Equal-sized uint8 HxWx3 images -> normalised float tensor [B, 3, H, W]."""
+    """Equal-sized uint8 HxWx3 images -> normalised float tensor [B, 3, H, W] (channels-last in
+    memory: the permuted view of the stacked HxWx3 arrays, which CPU convolutions take as is).
+
+    torch is imported here, not with the module: the decode tasks of batch localization and
+    ingest fit images with this module and need no torch (2 s of import per worker process)."""
+    import torch
+
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=batch.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=batch.dtype).view(1, 3, 1, 1)

@@ -50,6 +50,11 @@ class ReadConfig:
     extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png"])
     files_per_block: int = 32  # files per read/decode task
     cpus_per_task: float = 0.25  # fractional: leaves cores to the embedding actors (RAY_NOTES)
+    # read/decode tasks running at once; None: one per embedding actor. Decoding a 96 px JPEG
+    # costs about 0.5 ms on one core, an embedding several ms, so one task keeps a CPU actor
+    # busy; more tasks only take cores from the actors (while they start: torch + timm imports).
+    # Raise it for GPU actors or large photos.
+    concurrency: int | None = None
 
 
 @dataclass
@@ -273,7 +278,8 @@ def check_config(config: LocalizeBatchConfig, gallery: int | None = None) -> Non
     from gleam.retrieval.embed import check_modality
 
     for key, value in (("top_k", config.top_k), ("embed.batch_size", config.embed.batch_size),
-                       ("read.files_per_block", config.read.files_per_block), ("ray.num_workers", config.ray.num_workers)):
+                       ("read.files_per_block", config.read.files_per_block), ("ray.num_workers", config.ray.num_workers),
+                       *((("read.concurrency", config.read.concurrency),) if config.read.concurrency is not None else ())):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r}: must be an integer >= 1; set {key} to a positive number")
     if gallery is not None and config.top_k > gallery:
@@ -310,7 +316,8 @@ def localize_dataset(config: LocalizeBatchConfig, paths: list[str], checkpoint: 
         device = "cuda"
     return (ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
             .map_batches(read_and_decode, batch_format="numpy", batch_size=per_block,
-                         num_cpus=config.read.cpus_per_task, fn_kwargs={"sizes": sizes})
+                         num_cpus=config.read.cpus_per_task, concurrency=config.read.concurrency or config.ray.num_workers,
+                         fn_kwargs={"sizes": sizes})
             .map_batches(LocalizeStage, batch_format="numpy", batch_size=config.embed.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=config.ray.num_workers),
                          num_cpus=config.ray.cpus_per_worker, num_gpus=config.ray.gpus_per_worker,
@@ -349,7 +356,10 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
             storage.atomic_local_file(jsonl_url, suffix=".jsonl") as jsonl_tmp:
         with pq.ParquetWriter(parquet_tmp, result_schema()) as writer, \
                 open(jsonl_tmp, "w", encoding="utf-8") as lines:
+            first_result = first_rows = None
             for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if first_result is None:  # start-up ends: actors up, model and index loaded, a batch done
+                    first_result, first_rows = time.perf_counter(), table.num_rows
                 table = table.select(result_schema().names).cast(result_schema())
                 writer.write_table(table)
                 for row in table.to_pylist():
@@ -370,13 +380,21 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
             # raising here publishes neither result file (atomic_local_file discards them)
             check_kept(f"localize_batch of {config.input}", ok, errors, config.max_rejected_fraction, groups,
                        "max_rejected_fraction")
-    seconds = time.perf_counter() - started
+    finished = time.perf_counter()
+    seconds = finished - started
+    # start-up (listing, planning, actor start, model + index load, the first batch) apart from the
+    # steady state: the images after the first result batch over the time after it
+    startup = None if first_result is None else first_result - started
+    steady = (ok + errors - first_rows) / (finished - first_result) \
+        if first_result is not None and finished > first_result and ok + errors > first_rows else None
     report = {"input": config.input, "index": config.index, "checkpoint": checkpoint,
               "output": {"parquet": parquet_url, "jsonl": jsonl_url},
               "images": ok + errors, "ok": ok, "errors": errors, "error_examples": error_examples,
               "rejected_by_reason": groups, "max_rejected_fraction": config.max_rejected_fraction,
               "top_k": config.top_k, "gallery": meta["count"], "seconds": round(seconds, 3),
-              "images_per_second": round((ok + errors) / seconds, 2) if seconds > 0 else None}
+              "images_per_second": round((ok + errors) / seconds, 2) if seconds > 0 else None,
+              "startup_seconds": None if startup is None else round(startup, 3),
+              "steady_images_per_second": None if steady is None else round(steady, 2)}
     save_config(config, config.output)
     storage.write_json(storage.join(config.output, REPORT_FILE), report)
     return report

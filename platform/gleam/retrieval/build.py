@@ -156,6 +156,9 @@ def build_index(config: BuildIndexConfig) -> dict[str, Any]:
                   "kind": index.kind, "gpu": index.on_gpu, "tiles": config.tiles, "seconds": round(seconds, 3),
                   "embed_seconds": round(gallery.seconds, 3), "index_seconds": round(index_seconds, 3),
                   "embeddings_per_second": round(len(gallery) / gallery.seconds, 2) if gallery.seconds else None,
+                  "embed_startup_seconds": None if gallery.startup_seconds is None else round(gallery.startup_seconds, 3),
+                  "steady_embeddings_per_second": None if gallery.steady_per_second is None
+                  else round(gallery.steady_per_second, 2),
                   "read_report": read}
         build.write_json(REPORT_FILE, report)
     return report

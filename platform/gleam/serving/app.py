@@ -375,7 +375,7 @@ class Retriever:
         self.localize.set_max_batch_size(max_batch_size)
         self.localize.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def localize(self, items: list[tuple[np.ndarray, str, int]]) -> list[dict[str, Any]]:
         """Per item ``{"candidates"}`` or ``{"error"}``: requests batched together never share a failure."""
         return await _each_answered(self.impl.localize_many, items, "image")
