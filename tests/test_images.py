@@ -170,7 +170,7 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
     from gleam.explain.dataset import _read_image
     from gleam.explain.model import load_image
     from gleam.retrieval.batch import read_and_decode
-    from gleam.retrieval.embed import Embedder, GalleryEmbedStage
+    from gleam.retrieval.embed import Embedder, GalleryEmbedStage, decode_tiles
     from gleam.serving.requests import RequestError, decode_image_bytes
 
     tile = encode_jpeg(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8))
@@ -211,7 +211,10 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
     GleamEncoder(ModelConfig(embedding_dim=8, image_size=32, panorama_size=[32, 64])).save_pretrained(
         str(tmp_path / "ckpt"))
     embedder = Embedder(str(tmp_path / "ckpt"), device="cpu")
-    gallery_stage = GalleryEmbedStage(str(tmp_path / "ckpt"), "cpu", 8, 1)
+    embed_stage = GalleryEmbedStage(str(tmp_path / "ckpt"), "cpu", 8, 1)
+
+    def gallery_stage(batch):  # build_index's two stages: decode tasks, then the embedding actor
+        return embed_stage(decode_tiles(batch))
     size = (16, 16)
     batch = read_and_decode({"path": np.array([urls[n] for n in table], dtype=object),
                              "modality": np.array(["ground"] * len(table), dtype=object)}, {"ground": size})
