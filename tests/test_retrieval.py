@@ -510,3 +510,20 @@ def test_localize_batch_that_keeps_nothing_fails_and_publishes_nothing(ray_sessi
         localize_batch(LocalizeBatchConfig(input=str(tmp_path / "photos"), index=built_index[0], output=str(output)))
     assert "are these really JPEG/PNG images" in str(caught.value)
     assert not (output / "results.parquet").exists() and not (output / "report.json").exists()
+
+
+def test_stream_timer_splits_start_up_from_the_steady_rate():
+    import time
+
+    from gleam.retrieval.embed import StreamTimer
+
+    timer = StreamTimer()
+    assert timer.summary(0)[1:] == (None, None)  # no batch came: neither figure exists
+    time.sleep(0.05)
+    timer.batch(10)
+    assert timer.summary(10)[2] is None  # nothing after the first batch: no steady rate
+    time.sleep(0.05)
+    timer.batch(30)
+    seconds, startup, steady = timer.summary(40)
+    assert 0.05 <= startup < seconds
+    assert 30 / (seconds - startup) == pytest.approx(steady, rel=1e-6)

@@ -33,7 +33,7 @@ import numpy as np
 
 from gleam import storage
 from gleam.config import InputPath, ModelPath, OutputPath, RayConfig, save_config
-from gleam.retrieval.embed import EmbedConfig, Embedder, actor_threads, warn_if_starved
+from gleam.retrieval.embed import EmbedConfig, Embedder, StreamTimer, actor_threads, warn_if_starved
 from gleam.rejections import batch_hints, batch_reason, check_fraction, check_kept, group_rejections
 
 log = logging.getLogger(__name__)
@@ -356,10 +356,9 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
             storage.atomic_local_file(jsonl_url, suffix=".jsonl") as jsonl_tmp:
         with pq.ParquetWriter(parquet_tmp, result_schema()) as writer, \
                 open(jsonl_tmp, "w", encoding="utf-8") as lines:
-            first_result = first_rows = None
+            timer = StreamTimer(started)  # start-up (listing, planning, actors, model + index) apart from the steady rate
             for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if first_result is None:  # start-up ends: actors up, model and index loaded, a batch done
-                    first_result, first_rows = time.perf_counter(), table.num_rows
+                timer.batch(table.num_rows)
                 table = table.select(result_schema().names).cast(result_schema())
                 writer.write_table(table)
                 for row in table.to_pylist():
@@ -380,13 +379,7 @@ def localize_batch(config: LocalizeBatchConfig) -> dict[str, Any]:
             # raising here publishes neither result file (atomic_local_file discards them)
             check_kept(f"localize_batch of {config.input}", ok, errors, config.max_rejected_fraction, groups,
                        "max_rejected_fraction")
-    finished = time.perf_counter()
-    seconds = finished - started
-    # start-up (listing, planning, actor start, model + index load, the first batch) apart from the
-    # steady state: the images after the first result batch over the time after it
-    startup = None if first_result is None else first_result - started
-    steady = (ok + errors - first_rows) / (finished - first_result) \
-        if first_result is not None and finished > first_result and ok + errors > first_rows else None
+    seconds, startup, steady = timer.summary(ok + errors)
     report = {"input": config.input, "index": config.index, "checkpoint": checkpoint,
               "output": {"parquet": parquet_url, "jsonl": jsonl_url},
               "images": ok + errors, "ok": ok, "errors": errors, "error_examples": error_examples,

@@ -222,15 +222,44 @@ class FirstPerLocation:
         return {name: values[keep] for name, values in batch.items()}
 
 
-def decode_tiles(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+class StreamTimer:
+    """Start-up and steady rate of a streamed Ray Data run, as its driver sees the results:
+    start-up ends when the first result batch arrives (actors up, model loaded, a batch done);
+    the steady rate is the rows after that batch over the time after it (None when nothing
+    came after it)."""
+
+    def __init__(self, started: float | None = None) -> None:
+        """``started``: a ``time.perf_counter()`` of the run's own start (default: now)."""
+        self.started = time.perf_counter() if started is None else started
+        self.first_result: float | None = None
+        self.first_rows = 0
+
+    def batch(self, rows: int) -> None:
+        """Call for every result batch, with its row count."""
+        if self.first_result is None:
+            self.first_result, self.first_rows = time.perf_counter(), int(rows)
+
+    def summary(self, total_rows: int) -> tuple[float, float | None, float | None]:
+        """(seconds since the start, start-up seconds or None, steady rows/s or None)."""
+        finished = time.perf_counter()
+        if self.first_result is None:
+            return finished - self.started, None, None
+        after = finished - self.first_result
+        steady = (total_rows - self.first_rows) / after if after > 0 and total_rows > self.first_rows else None
+        return finished - self.started, self.first_result - self.started, steady
+
+
+def decode_tiles(batch: dict[str, np.ndarray], keep_encoded: bool = True) -> dict[str, np.ndarray]:
     """Ray Data task: decodes the satellite tiles of a batch into ``pixels`` (raw uint8 HxWx3
-    bytes), ``height``, ``width``, so the embedding actors spend their cores on the encoder.
+    bytes), ``height``, ``width``, so the embedding actors spend their cores on the encoder;
+    the encoded ``satellite`` column travels on only with ``keep_encoded`` (the tile store keeps it).
     A tile that cannot be decoded raises ``gleam.data.schema.SampleError`` naming its location."""
     from gleam.data.schema import decode_image
 
     images = [np.ascontiguousarray(decode_image(data, str(location), "satellite_image"))
               for data, location in zip(batch["satellite"], batch["location_id"])]
-    return {**batch, "pixels": np.array([image.tobytes() for image in images], dtype=object),
+    kept = batch if keep_encoded else {name: values for name, values in batch.items() if name != "satellite"}
+    return {**kept, "pixels": np.array([image.tobytes() for image in images], dtype=object),
             "height": np.array([image.shape[0] for image in images], np.int32),
             "width": np.array([image.shape[1] for image in images], np.int32)}
 
@@ -310,7 +339,7 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | li
                # decoding in its own tasks, one per embedding actor at a time (a 96 px tile decodes
                # in about 0.5 ms, its embedding takes several): the actors only run the encoder
                .map_batches(decode_tiles, batch_format="numpy", batch_size=batch_size, num_cpus=0.25,
-                            concurrency=num_actors)
+                            concurrency=num_actors, fn_kwargs={"keep_encoded": keep_images})
                .map_batches(GalleryEmbedStage, batch_format="numpy", batch_size=batch_size,
                             compute=ray.data.ActorPoolStrategy(size=num_actors),
                             num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
@@ -360,11 +389,9 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
     images: list[bytes] = []
     bounds: list[np.ndarray] = []
     latitudes, longitudes, embeddings = [], [], []
-    first_result = None
-    first_rows = 0
+    timer = StreamTimer(started)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        if first_result is None:  # start-up ends: shards opened, actors up, the first batch embedded
-            first_result, first_rows = time.perf_counter(), len(batch["location_id"])
+        timer.batch(len(batch["location_id"]))
         ids.extend(str(i) for i in batch["location_id"])
         latitudes.append(batch["latitude"])
         longitudes.append(batch["longitude"])
@@ -386,14 +413,10 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
         raise ValueError(f"{source}: no gallery tiles for split={split!r} "
                          f"({report['samples']} samples read, {report['corrupt']} corrupt)")
     order = np.argsort(np.asarray(ids), kind="stable")
-    finished = time.perf_counter()
-    steady = (len(ids) - first_rows) / (finished - first_result) \
-        if first_result is not None and finished > first_result and len(ids) > first_rows else None
+    seconds, startup, steady = timer.summary(len(ids))
     return Gallery(ids=[ids[i] for i in order], latitudes=np.concatenate(latitudes)[order],
                    longitudes=np.concatenate(longitudes)[order],
                    embeddings=np.ascontiguousarray(np.concatenate(embeddings)[order]),
-                   read_report=report, seconds=finished - started,
-                   startup_seconds=None if first_result is None else first_result - started,
-                   steady_per_second=steady,
+                   read_report=report, seconds=seconds, startup_seconds=startup, steady_per_second=steady,
                    images=[images[i] for i in order] if keep_images else None,
                    bounds=np.concatenate(bounds)[order] if keep_images else None)

@@ -33,7 +33,8 @@ class DeploymentSection:
     num_gpus: float = 0.0  # > 0 puts the replicas on GPU nodes (the autoscaler adds them)
     max_batch_size: int = 16  # 1 turns batching off
     # how long a batch waits to fill after its first request: 50 ms measured 1.73x the unbatched
-    # requests/s at 96 px and 224 px with 16 clients against 1.45x at 10 ms (benchmarks/README.md);
+    # requests/s at 96 px (1.53x at 224 px) with 16 clients, against 1.45x (1.27x) at 10 ms
+    # (benchmarks/README.md);
     # a request arriving alone waits this long
     batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 32
