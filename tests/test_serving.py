@@ -588,16 +588,23 @@ def raw_http(port: int, head: str, body_chunks=(), read_timeout: float = 20.0, p
                 break
             sent += len(chunk)
             time.sleep(pace_s)
+        def receive() -> bytes:
+            # A server that closes with body bytes of ours still unread sends RST, not FIN
+            # (RFC 1122, 4.2.2.13): after the response it has sent, that is the end of the stream.
+            try:
+                return sock.recv(65536)
+            except ConnectionResetError:
+                return b""
+
         deadline = time.time() + read_timeout
         while time.time() < deadline and b"\r\n\r\n" not in answer:
             if select.select([sock], [], [], 1)[0]:
-                data = sock.recv(65536)
+                data = receive()
                 if not data:
                     break
                 answer += data
-        time.sleep(0.2)
         while select.select([sock], [], [], 0.2)[0]:
-            data = sock.recv(65536)
+            data = receive()
             if not data:
                 break
             answer += data
