@@ -77,6 +77,61 @@ def test_examples(config: Any, split: str) -> list[Any]:
                                hard_fraction=data.hard_fraction, hard_neighbours=neighbours, seed=config.run.seed + 7))
 
 
+CLAIM_THRESHOLDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
+CLAIM_PRECISION_WANTED = 0.75  # val strict precision the threshold must reach (the 70 % target + a margin)
+
+
+def pruned_answers(grounding: list[dict[str, Any]], threshold: float) -> tuple[list[str], float]:
+    """Each answer with the sentences its fact heads do not back at ``threshold`` dropped
+    (``vision.prune_claims``) -> (answers, mean sentences dropped per answer)."""
+    from gleam.explain.vision import prune_claims
+
+    answers, dropped = [], 0
+    for item in grounding:
+        text, count = prune_claims(item["selected"], item["query_facts"], item["satellite_facts"], threshold)
+        answers.append(text)
+        dropped += count
+    return answers, dropped / max(len(grounding), 1)
+
+
+def claim_curve(examples: list[Any], grounding: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Claim precision / strict precision / recall of the explanations at every ``CLAIM_THRESHOLDS``."""
+    from gleam.explain.evaluate import claim_scores
+
+    explain = [e for e in examples if getattr(e, "task", "explain") != "verdict"]
+    curve = []
+    for threshold in CLAIM_THRESHOLDS:
+        answers, dropped = pruned_answers(grounding, threshold)
+        scores = claim_scores(explain, answers) or {}
+        curve.append({"threshold": threshold, "sentences_dropped_per_answer": round(dropped, 3),
+                      **{k: scores.get(k) for k in ("claims", "true", "unparsed", "precision", "strict_precision",
+                                                     "recall", "claims_per_answer")}})
+    return curve
+
+
+def choose_claim_threshold(curve: list[dict[str, Any]]) -> float:
+    """The smallest threshold whose val strict precision reaches ``CLAIM_PRECISION_WANTED`` (fewest
+    claims dropped); when none does, the one with the highest strict precision."""
+    reaching = [row for row in curve if (row["strict_precision"] or 0.0) >= CLAIM_PRECISION_WANTED]
+    if reaching:
+        return float(min(row["threshold"] for row in reaching))
+    return float(max(curve, key=lambda row: (row["strict_precision"] or 0.0, -row["threshold"]))["threshold"])
+
+
+def keep_claim_threshold(model_folder: str, threshold: float) -> None:
+    """Write the chosen threshold into the model folder's ``gleam_vision.json``, so serving and
+    evaluation of that model prune as the benchmark chose."""
+    from gleam.explain.vision import VISION_CONFIG
+
+    path = os.path.join(model_folder, VISION_CONFIG)
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    saved["settings"]["claim_threshold"] = threshold
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(saved, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 RERANK_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, math.inf)
 
 
@@ -183,6 +238,7 @@ def main() -> None:
     from gleam.explain.evaluate import evaluate_examples
     from gleam.explain.model import load_vlm
     from gleam.explain.train import TrainExplainConfig, train_explain
+    from gleam.explain.vision import find_tower
 
     try:
         from gleam.provenance import provenance
@@ -238,11 +294,31 @@ def main() -> None:
     config = configs[chosen]
     model, processor = load_vlm(result["variants"][chosen]["model"])
     model.eval()
+    tower = find_tower(model)
+    if tower is not None:  # claims the heads do not back: the threshold is chosen on val
+        from gleam.explain.evaluate import predict
+
+        tower.settings.claim_threshold = 0.0
+        val_examples = test_examples(config, "val")
+        grounding: list[dict[str, Any]] = []
+        predict(model, processor, val_examples, image_size=config.model.image_size,
+                max_new_tokens=config.train.max_new_tokens, batch_size=config.train.eval_batch, grounding=grounding)
+        curve = claim_curve(val_examples, grounding)
+        threshold = choose_claim_threshold(curve)
+        result["claim_threshold"] = {"split": "val", "rule": f"smallest threshold with strict claim precision >= "
+                                     f"{CLAIM_PRECISION_WANTED}", "curve": curve, "chosen": threshold}
+        tower.settings.claim_threshold = threshold
+        keep_claim_threshold(result["variants"][chosen]["model"], threshold)
+        write()
     examples = test_examples(config, "test")
+    test_grounding: list[dict[str, Any]] = []
     test = evaluate_examples(model, processor, examples, image_size=config.model.image_size,
-                             max_new_tokens=config.train.max_new_tokens, batch_size=config.train.eval_batch)
+                             max_new_tokens=config.train.max_new_tokens, batch_size=config.train.eval_batch,
+                             grounding=test_grounding)
     test.pop("samples", None)
     result["test"] = {"variant": chosen, **test}
+    if tower is not None and test_grounding:
+        result["test"]["claims_at_every_threshold_for_reference_only"] = claim_curve(examples, test_grounding)
     if config.model.vision.enabled():
         result["rerank"] = rerank(model, processor, config, args.rerank_k)
     if provenance is not None:
@@ -254,6 +330,7 @@ def main() -> None:
     print(json.dumps({"chosen": chosen, "test_verdict_accuracy": _verdict_accuracy(test),
                       "test_match_head": test.get("match_head", {}).get("overall", {}).get("accuracy"),
                       "claim_precision": test.get("faithfulness", {}).get("precision"),
+                      "claim_threshold": result.get("claim_threshold", {}).get("chosen"),
                       "rerank": result.get("rerank")}, indent=1))
 
 

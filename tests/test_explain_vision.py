@@ -222,3 +222,33 @@ def test_grounded_decoding_keeps_the_head_verdict_and_the_best_supported_claims(
     assert select_grounded([false_text, refusal, true_text], 0.1, sure, sure)[0] == 1
     best, info = select_grounded([false_text], 0.1, sure, sure)
     assert best == 0 and info["grounded"] is False
+
+
+def test_claims_the_heads_do_not_back_are_pruned_sentence_by_sentence_in_both_languages():
+    from gleam.explain.vision import VisionSettings, check_vision_settings, prune_claims
+    from gleam.explain.evaluate import claim_scores
+    from gleam.explain.prompts import extract_claims
+    from types import SimpleNamespace
+
+    facts = {"junctions": [{"type": "roundabout", "direction": "north"}],
+             "features": [{"type": "water", "kind": "lake", "direction": "east"}],
+             "buildings": {"count": 30}, "green_fraction": 0.3}
+    sure = fact_targets(facts)
+    text = ("Both images show a roundabout to the north. Both images show a river to the west. "
+            "The layout is consistent.\nVerdict: match")
+    kept, dropped = prune_claims(text, sure, sure, 0.5)
+    assert dropped == 1 and kept == "Both images show a roundabout to the north. The layout is consistent.\nVerdict: match"
+    assert prune_claims(text, sure, sure, 0.0) == (text, 0)  # 0: every sentence stays
+    # every claim left is true, so precision rises from 1/2 to 1/1; the verdict line is untouched
+    example = SimpleNamespace(query_facts=facts, satellite_facts=facts, language="en", answer="", match=True)
+    before, after = claim_scores([example], [text]), claim_scores([example], [kept])
+    assert before["precision"] == 0.5 and after["precision"] == 1.0 and after["claims"] == len(extract_claims(kept))
+    zh = "两张图里北边都有一个环岛。两张图里西边都有一条河。\n结论：匹配"
+    kept_zh, dropped_zh = prune_claims(zh, sure, sure, 0.5)
+    assert dropped_zh == 1 and kept_zh == "两张图里北边都有一个环岛。\n结论：匹配"
+    # a head that is unsure of everything keeps nothing it cannot back, but never the verdict away
+    unsure = [0.3] * len(sure)
+    assert prune_claims(text, unsure, unsure, 0.5)[0] == "The layout is consistent.\nVerdict: match"
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="claim_threshold"):
+            check_vision_settings(VisionSettings(claim_threshold=bad))

@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: int, max_new_tokens: int,
-            batch_size: int = 16, match_probabilities: list[float] | None = None) -> list[str]:
+            batch_size: int = 16, match_probabilities: list[float] | None = None,
+            grounding: list[dict[str, Any]] | None = None) -> list[str]:
     """Greedy answers for ``examples`` (the model must be in eval mode).  With a GLEAM vision tower
-    and a ``match_probabilities`` list, the match head's P(same place) of every pair is appended."""
+    and a ``match_probabilities`` list, the match head's P(same place) of every pair is appended;
+    with a ``grounding`` list, each answer's ``GleamVisionTower.last_grounding`` entry (the text
+    before claim pruning and the fact-head probabilities it is judged by)."""
     import torch
 
     from gleam.explain.model import generate
@@ -47,6 +50,12 @@ def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: 
                 probabilities = head_probabilities(model)
                 if probabilities is not None:
                     match_probabilities += probabilities[:len(chunk)]
+            if grounding is not None:
+                from gleam.explain.model import unwrap
+                from gleam.explain.vision import find_tower
+
+                tower = find_tower(unwrap(model))
+                grounding += list(tower.last_grounding[:len(chunk)]) if tower is not None else [{}] * len(chunk)
     return texts
 
 
@@ -223,9 +232,10 @@ VERDICT_ONLY_NEW_TOKENS = 16
 
 def evaluate_examples(model: Any, processor: Any, examples: Sequence[Any], *, image_size: int,
                       max_new_tokens: int, batch_size: int = 16, sentence_model: str = "",
-                      verdict_only: bool = True) -> dict[str, Any]:
+                      verdict_only: bool = True, grounding: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Generate and score; adds timing.  ``verdict_only``: also ask every explanation pair for
-    the verdict alone (label-only prompt) and score that under ``report["verdict_only"]``."""
+    the verdict alone (label-only prompt) and score that under ``report["verdict_only"]``;
+    ``grounding``: filled as ``predict`` fills it, for the explanation examples."""
     from gleam.explain.dataset import verdict_only as verdict_twin
 
     explain = [e for e in examples if getattr(e, "task", "explain") != "verdict"]
@@ -238,7 +248,7 @@ def evaluate_examples(model: Any, processor: Any, examples: Sequence[Any], *, im
         started = time.perf_counter()
         probabilities: list[float] = []
         answers = predict(model, processor, explain, image_size=image_size, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, match_probabilities=probabilities)
+                          batch_size=batch_size, match_probabilities=probabilities, grounding=grounding)
         seconds = time.perf_counter() - started
         report = score(explain, answers, sentence_model)
         head = head_scores(explain, probabilities)

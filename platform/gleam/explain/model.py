@@ -581,7 +581,7 @@ def generate(model: nn.Module, processor, examples: Sequence[ExplainExample], im
     tokenizer = processor.tokenizer
     was_training = model.training
     model.eval()
-    from gleam.explain.vision import find_tower, head_outputs, select_grounded
+    from gleam.explain.vision import find_tower, head_outputs, prune_claims, select_grounded
 
     tower = find_tower(unwrap(model))
     candidates = tower.settings.candidates if tower is not None and not do_sample else 1
@@ -607,6 +607,17 @@ def generate(model: nn.Module, processor, examples: Sequence[ExplainExample], im
                 chosen.append(options[best])
             texts = chosen
             head_outputs(unwrap(model), batch)  # leave the prompt batch's head outputs for the caller
+        if heads is not None:
+            # what the heads said of each answer, before claims they do not back are dropped
+            # (evaluation chooses claim_threshold from these without generating again)
+            match, facts = heads
+            tower.last_grounding = [{"selected": text, "match_probability": match[row] if row < len(match) else None,
+                                     "query_facts": facts[2 * row], "satellite_facts": facts[2 * row + 1]}
+                                    for row, text in enumerate(texts)]
+            threshold = tower.settings.claim_threshold
+            if threshold > 0:
+                texts = [prune_claims(text, facts[2 * row], facts[2 * row + 1], threshold)[0]
+                         for row, text in enumerate(texts)]
     finally:
         model.train(was_training)
     return texts

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -69,6 +70,10 @@ class VisionSettings:
     # whose verdict agrees with the match head and whose claims the fact heads find most likely is
     # kept (1: greedy only)
     candidates: int = 8
+    # claims the heads do not back: after selection, a sentence stating a claim whose fact-head
+    # P(true) is below this is dropped (the verdict line always stays); 0 keeps every sentence.
+    # benchmarks/bench_explain.py chooses it on the val split (results/explain_grounded.json)
+    claim_threshold: float = 0.0
     hidden: int = 256  # width of the heads' hidden layers
 
     def enabled(self) -> bool:
@@ -88,6 +93,11 @@ def check_vision_settings(settings: VisionSettings, key: str = "model.vision") -
     for name in ("match_loss", "fact_loss"):
         if getattr(settings, name) < 0:
             raise ValueError(f"{key}.{name}: {getattr(settings, name)} is negative; use 0 to switch the head's loss off")
+    if not 0.0 <= settings.claim_threshold < 1.0:
+        raise ValueError(f"{key}.claim_threshold: {settings.claim_threshold} is outside [0, 1); it is the fact heads' "
+                         "P(true) a stated claim needs to stay in the answer (0 keeps every sentence)")
+    if settings.candidates < 1:
+        raise ValueError(f"{key}.candidates: {settings.candidates}; use 1 (greedy only) or more")
 
 
 # ------------------------------------------------------------------------------ facts
@@ -230,6 +240,8 @@ class GleamVisionTower(nn.Module):
         self.teacher: dict[str, torch.Tensor] | None = None  # set per training batch (set_teacher)
         self.last_match_logits: torch.Tensor | None = None
         self.last_fact_logits: torch.Tensor | None = None
+        # per answer of the last generate(): the selected text and the heads' outputs it was judged by
+        self.last_grounding: list[dict[str, Any]] = []
         self.set_backbone_training()
 
     # -- what trains ---------------------------------------------------------------------------
@@ -562,15 +574,50 @@ def answer_support(text: str, query_facts: Sequence[float], satellite_facts: Seq
     claims = extract_claims(text, script_language(text) or "en")
     if not claims:
         return 0.5
-    scores = []
-    for claim in claims:
-        if claim.side == "query":
-            scores.append(claim_probability(claim, query_facts))
-        elif claim.side == "satellite":
-            scores.append(claim_probability(claim, satellite_facts))
-        else:
-            scores.append(min(claim_probability(claim, query_facts), claim_probability(claim, satellite_facts)))
+    scores = [claim_support(claim, query_facts, satellite_facts) for claim in claims]
     return float(sum(scores) / len(scores))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
+
+
+def claim_support(claim: Any, query_facts: Sequence[float], satellite_facts: Sequence[float]) -> float:
+    """P(``claim`` true) by the fact heads of the image its side names (``both``: the less likely)."""
+    if claim.side == "query":
+        return claim_probability(claim, query_facts)
+    if claim.side == "satellite":
+        return claim_probability(claim, satellite_facts)
+    return min(claim_probability(claim, query_facts), claim_probability(claim, satellite_facts))
+
+
+def prune_claims(text: str, query_facts: Sequence[float], satellite_facts: Sequence[float],
+                 threshold: float) -> tuple[str, int]:
+    """``text`` without the sentences that state a claim the fact heads give P(true) < ``threshold``
+    -> ``(text, sentences dropped)``.  Lines holding a verdict stay verbatim; sentences with no
+    checkable claim stay (the claim checker still counts their unparsed mentions)."""
+    from gleam.explain.prompts import _verdicts, extract_claims, script_language
+
+    if threshold <= 0:
+        return text, 0
+    language = script_language(text) or "en"
+    joiner = "" if language == "zh" else " "
+    lines, dropped = [], 0
+    for line in text.split("\n"):
+        if _verdicts(line):
+            lines.append(line)
+            continue
+        kept = []
+        for sentence in _SENTENCE_END.split(line):
+            if not sentence.strip():
+                continue
+            claims = extract_claims(sentence, language)
+            if claims and min(claim_support(c, query_facts, satellite_facts) for c in claims) < threshold:
+                dropped += 1
+                continue
+            kept.append(sentence.strip())
+        if kept:
+            lines.append(joiner.join(kept))
+    return "\n".join(lines), dropped
 
 
 def select_grounded(candidates: Sequence[str], match_probability: float, query_facts: Sequence[float],
