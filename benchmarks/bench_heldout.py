@@ -136,7 +136,7 @@ def _render_part(args: tuple) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    synth, part = args
+    synth, part, misregistration = args if len(args) == 3 else (*args, None)
     from gleam.data.make_shards import part_locations
 
     located = part_locations(synth, part)  # make_shards' own locations, spill regions included
@@ -149,23 +149,29 @@ def _render_part(args: tuple) -> dict[str, Any]:
         return out
     for modality in MODALITIES:
         width = 2 * size if modality == "panorama" else size
-        out[modality] = np.stack([w.render_query(loc, modality, 0, size=width)[0] for w, loc in located])
+        out[modality] = np.stack([w.render_query(loc, modality, 0, size=width, misregistration=misregistration)[0]
+                                  for w, loc in located])
     return out
 
 
 def cache_path(cache: str, split: str, count: int, distractors: int, size: int, world_seed: int,
-               biomes: list[str] | None = None) -> str:
-    """The .npz of one rendered split: the world seed (and a biome subset) is part of the name, so
-    another world never reuses a cache (``<split>-w<world seed>[-b<biomes>]-<locations>-<distractors>-<size>.npz``)."""
+               biomes: list[str] | None = None, misregistration: tuple[float, float] | None = None) -> str:
+    """The .npz of one rendered split: the world seed (and a biome subset, a street-map
+    misregistration) is part of the name, so another world never reuses a cache
+    (``<split>-w<world seed>[-b<biomes>][-m<shift m>x<rotation deg>]-<locations>-<distractors>-<size>.npz``)."""
     tag = "" if not biomes or sorted(biomes) == sorted(BIOMES) else "-b" + "+".join(sorted(biomes))
+    if misregistration:
+        tag += f"-m{misregistration[0]:g}x{misregistration[1]:g}"
     return os.path.join(cache, f"{split}-w{world_seed}{tag}-{count}-{distractors}-{size}.npz")
 
 
 def render_split(split: str, count: int, distractors: int, size: int, workers: int, cache: str,
-                 world_seed: int = 0, biomes: list[str] | None = None) -> dict[str, Any]:
+                 world_seed: int = 0, biomes: list[str] | None = None,
+                 misregistration: tuple[float, float] | None = None) -> dict[str, Any]:
     """All locations (and distractor tiles, with their biomes) of a split as arrays, cached as
-    .npz under ``cache``; ``biomes``: the biomes its regions cycle through (default all four)."""
-    path = cache_path(cache, split, count, distractors, size, world_seed, biomes)
+    .npz under ``cache``; ``biomes``: the biomes its regions cycle through (default all four);
+    ``misregistration``: (max shift m, max rotation deg) of every street map against its tile."""
+    path = cache_path(cache, split, count, distractors, size, world_seed, biomes, misregistration)
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -176,7 +182,7 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
     started = time.perf_counter()
     print(f"rendering {split}: {count} locations + {distractors} distractors in {len(parts)} parts", flush=True)
     with mp.get_context("spawn").Pool(workers) as pool:
-        pieces = pool.map(_render_part, [(synth, p) for p in parts], chunksize=1)
+        pieces = pool.map(_render_part, [(synth, p, misregistration) for p in parts], chunksize=1)
     seconds = time.perf_counter() - started
     queries = [p for p in pieces if not p["distractor"]]
     tiles = [p for p in pieces if p["distractor"]]
@@ -570,6 +576,9 @@ def main() -> None:
     parser.add_argument("--score", nargs="+", default=None, metavar="CHECKPOINT",
                         help="train nothing: score saved GLEAM-C checkpoints on the held-out split, "
                              "without and with flip test-time augmentation")
+    parser.add_argument("--streetmap-misregistration", type=float, nargs=2, default=None, metavar=("SHIFT_M", "ROT_DEG"),
+                        help="val and test street maps drawn off their tiles by up to SHIFT_M metres and ROT_DEG "
+                             "degrees per location, as real map data sits on imagery (training maps stay aligned)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
     if args.score:
@@ -591,11 +600,17 @@ def main() -> None:
     world = args.world_seed
     biomes = {split: split_biomes(split, args.holdout_biome) for split in ("train", "val", "test")}
     sizes = {"train": (largest, 0), "val": (args.heldout, args.distractors), "test": (args.heldout, args.distractors)}
-    caches = {split: cache_path(args.cache, split, *sizes[split], args.image_size, world, biomes[split])
-              for split in sizes}
+    misregistration = {split: tuple(args.streetmap_misregistration) if args.streetmap_misregistration and split != "train"
+                       else None for split in sizes}
+    caches = {split: cache_path(args.cache, split, *sizes[split], args.image_size, world, biomes[split],
+                                misregistration[split]) for split in sizes}
     train, val, test = (render_split(split, *sizes[split], args.image_size, args.workers, args.cache, world,
-                                     biomes[split]) if split != "train" or largest else None for split in sizes)
+                                     biomes[split], misregistration[split]) if split != "train" or largest else None
+                        for split in sizes)
     render = {"world_seed": world, "biomes": biomes,
+              "streetmap_misregistration": ({"max_shift_m": args.streetmap_misregistration[0],
+                                             "max_rotation_deg": args.streetmap_misregistration[1],
+                                             "splits": ["val", "test"]} if args.streetmap_misregistration else None),
               "train": {"locations": largest, "seconds": float(train["render_seconds"]),
                         "workers": int(train["render_workers"])} if largest else None,
               **{name: {"locations": args.heldout, "distractors": args.distractors,

@@ -344,3 +344,32 @@ def test_colour_histogram_baseline_is_near_chance(world, locations):
         result = histogram_retrieval(queries, satellites, bins=8)
         assert result["n"] == 50
         assert result["recall_at_1"] < 0.10, (modality, result)
+
+
+def test_misregistered_streetmaps_are_the_aligned_map_shifted_and_turned(world, locations):
+    """Street maps as real map data sits on imagery: a shift (east, north) moves the aligned map
+    by exactly that many metres; a rotation turns it clockwise about the centre; the error is
+    per location, deterministic, within its limits and recorded in the query's metadata."""
+    loc = locations[0]
+    aligned = world.render_streetmap(loc, size=256)  # 256 m tile at 256 px: 1 m per pixel
+    assert np.array_equal(world.render_streetmap(loc, size=256, shift_m=(0, 0), rotation_deg=0.0), aligned)
+    east = world.render_streetmap(loc, size=256, shift_m=(16.0, 0.0))
+    assert np.mean(east[:, :-16] == aligned[:, 16:]) > 0.99 and np.mean(east == aligned) < 0.99
+    north = world.render_streetmap(loc, size=256, shift_m=(0.0, 16.0))
+    assert np.mean(north[16:] == aligned[:-16]) > 0.99
+    turned = world.render_streetmap(loc, size=256, rotation_deg=90.0)
+    assert np.mean(turned == np.rot90(aligned, k=-1)) > 0.99  # clockwise
+    small = world.render_streetmap(loc, size=256, rotation_deg=3.0)
+    assert 0.5 < np.mean(small == aligned) < 0.995  # a few degrees: most pixels, not all
+    errors = [world.misregistration(l, 6.0, 4.0) for l in locations[:20]]
+    assert errors == [world.misregistration(l, 6.0, 4.0) for l in locations[:20]]
+    assert all(math.hypot(e["dx_m"], e["dy_m"]) <= 6.0 and abs(e["rotation_deg"]) <= 4.0 for e in errors)
+    assert len({(e["dx_m"], e["rotation_deg"]) for e in errors}) == 20
+    image, meta = world.render_query(loc, "streetmap", size=256, misregistration=(6.0, 4.0))
+    error = meta["registration"]
+    assert error == errors[0] and np.array_equal(
+        image, world.render_streetmap(loc, size=256, shift_m=(error["dx_m"], error["dy_m"]),
+                                      rotation_deg=error["rotation_deg"]))
+    assert "registration" not in world.render_query(loc, "streetmap", size=256)[1]
+    with pytest.raises(ValueError, match="non-negative"):
+        world.misregistration(loc, -1.0, 0.0)

@@ -57,11 +57,34 @@ def _tile_axes(scene: Scene, x: float, y: float, extent_m: float, margin: int = 
             in_rows[:, None] & in_cols[None, :], xs, ys)
 
 
-def tile_layers(scene: Scene, x: float, y: float, extent_m: float, margin: int = 0) -> dict[str, np.ndarray]:
-    """Class, surface, building, feature and tree ids of a tile (nearest pixel, north-up)."""
-    rows, cols, inside, _, _ = _tile_axes(scene, x, y, extent_m, margin)
+def _rotated_axes(scene: Scene, x: float, y: float, extent_m: float, margin: int, rotation_deg: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest raster rows / cols (2-D) and in-region mask of a tile whose content is turned
+    ``rotation_deg`` clockwise about (x, y): pixel offset p (east, north) shows the world at R(θ) p."""
+    grid = scene.grid
+    n = int(round(extent_m / grid.res))
+    offsets = (np.arange(-margin, n + margin) + 0.5) * (extent_m / n) - extent_m / 2
+    east, north = np.meshgrid(offsets, -offsets)
+    theta = np.deg2rad(rotation_deg)
+    xs = x + np.cos(theta) * east - np.sin(theta) * north
+    ys = y + np.sin(theta) * east + np.cos(theta) * north
+    cols = np.floor((xs - grid.x_west) / grid.res).astype(np.int64)
+    rows = np.floor((grid.y_north - ys) / grid.res).astype(np.int64)
+    inside = (rows >= 0) & (rows < grid.size) & (cols >= 0) & (cols < grid.size)
+    return np.clip(rows, 0, grid.size - 1), np.clip(cols, 0, grid.size - 1), inside
+
+
+def tile_layers(scene: Scene, x: float, y: float, extent_m: float, margin: int = 0,
+                rotation_deg: float = 0.0) -> dict[str, np.ndarray]:
+    """Class, surface, building, feature and tree ids of a tile (nearest pixel, north-up; content
+    turned ``rotation_deg`` clockwise when non-zero)."""
+    if rotation_deg:
+        rows, cols, inside = _rotated_axes(scene, x, y, extent_m, margin, rotation_deg)
+        pick = (rows, cols)
+    else:
+        rows, cols, inside, _, _ = _tile_axes(scene, x, y, extent_m, margin)
+        pick = np.ix_(rows, cols)
     layout = scene.layout
-    pick = np.ix_(rows, cols)
     return {
         "class": np.where(inside, layout.class_map[pick], C.BARE).astype(np.uint8),
         "surface": np.where(inside, layout.surface[pick], 0).astype(np.uint8),
@@ -93,9 +116,11 @@ def _edges(values: np.ndarray) -> np.ndarray:
             | (values[1:-1, :-2] != centre) | (values[1:-1, 2:] != centre))
 
 
-def render_streetmap(scene: Scene, x: float, y: float, extent_m: float, size: int) -> np.ndarray:
-    """Cartographic tile (uint8): flat fills, cased roads, outlined buildings and pitches."""
-    layers = tile_layers(scene, x, y, extent_m, margin=1)
+def render_streetmap(scene: Scene, x: float, y: float, extent_m: float, size: int,
+                     rotation_deg: float = 0.0) -> np.ndarray:
+    """Cartographic tile (uint8): flat fills, cased roads, outlined buildings and pitches;
+    ``rotation_deg``: the map content turned clockwise about the centre (misregistration)."""
+    layers = tile_layers(scene, x, y, extent_m, margin=1, rotation_deg=rotation_deg)
     cls_m = layers["class"]
     cls = cls_m[1:-1, 1:-1]
     surface = layers["surface"][1:-1, 1:-1]

@@ -320,10 +320,29 @@ class World:
         image = render_satellite(self.scene, loc.x, loc.y, self.config.tile_size_m, size)
         return self._finish(image, loc, "satellite", 0, jitter)
 
-    def render_streetmap(self, loc: Location, size: int = 256) -> np.ndarray:
-        """Cartographic tile of the same extent as the satellite tile, uint8."""
+    def render_streetmap(self, loc: Location, size: int = 256, shift_m: tuple[float, float] = (0.0, 0.0),
+                         rotation_deg: float = 0.0) -> np.ndarray:
+        """Cartographic tile of the same extent as the satellite tile, uint8.  ``shift_m`` (east,
+        north metres) and ``rotation_deg`` (clockwise) misregister it against the imagery the
+        way real map data is (``misregistration``); zero: pixel-aligned with the satellite tile."""
         _check_size(size)
-        return render_streetmap(self.scene, loc.x, loc.y, self.config.tile_size_m, size)
+        return render_streetmap(self.scene, loc.x + float(shift_m[0]), loc.y + float(shift_m[1]),
+                                self.config.tile_size_m, size, rotation_deg=float(rotation_deg))
+
+    def misregistration(self, loc: Location, max_shift_m: float, max_rotation_deg: float,
+                        view_index: int = 0) -> dict:
+        """A deterministic map-to-imagery error for one street map: a shift drawn uniformly in the
+        disc of radius ``max_shift_m`` and a rotation uniform in ``[-max_rotation_deg,
+        max_rotation_deg]``.  OpenStreetMap against orthophotos is typically a few metres and
+        up to a few degrees off (it is traced from several imagery sources)."""
+        if max_shift_m < 0 or max_rotation_deg < 0:
+            raise ValueError(f"misregistration limits must be non-negative, got shift {max_shift_m} m, "
+                             f"rotation {max_rotation_deg} deg")
+        rng = self._view_rng(loc, "streetmap", view_index, "registration")
+        radius = max_shift_m * float(np.sqrt(rng.uniform()))
+        angle = rng.uniform(0.0, 2 * np.pi)
+        return {"dx_m": round(radius * float(np.cos(angle)), 3), "dy_m": round(radius * float(np.sin(angle)), 3),
+                "rotation_deg": round(float(rng.uniform(-max_rotation_deg, max_rotation_deg)), 3)}
 
     def uav_camera(self, loc: Location, heading_deg: float, size: int = 256, distance_m: float = 200.0,
                    pitch_deg: float = 45.0, fov_deg: float | None = None) -> PinholeCamera:
@@ -396,10 +415,13 @@ class World:
         return {"heading": None, "heading_reference": None}
 
     def render_query(self, loc: Location, modality: str, view_index: int = 0,
-                     size: int | None = None) -> tuple[np.ndarray, dict]:
+                     size: int | None = None, misregistration: tuple[float, float] | None = None
+                     ) -> tuple[np.ndarray, dict]:
         """Query image of one modality and its metadata (camera and photometric parameters).
 
         ``size`` overrides the default image size (panoramas: the width; height = width / 2).
+        ``misregistration`` ``(max shift m, max rotation deg)``: street maps are drawn off the
+        imagery by a per-location error (``misregistration``), recorded as ``meta["registration"]``.
         """
         params = self.query_parameters(loc, modality, view_index)
         if modality == "uav":
@@ -412,7 +434,11 @@ class World:
         elif modality == "ground":
             image = self.render_ground(loc, params["heading"], size=size or 256, view_index=view_index)
         else:
-            image = self.render_streetmap(loc, size=size or 256)
+            error = self.misregistration(loc, *misregistration, view_index=view_index) if misregistration else None
+            if error:
+                params = {**params, "registration": error}
+            image = self.render_streetmap(loc, size=size or 256, shift_m=(error["dx_m"], error["dy_m"]) if error else (0.0, 0.0),
+                                          rotation_deg=error["rotation_deg"] if error else 0.0)
         meta = {"modality": modality, "view_index": view_index, "location_id": loc.location_id,
                 "world_id": self.world_id, **params}
         if modality != "streetmap":
