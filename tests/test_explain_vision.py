@@ -15,7 +15,7 @@ from PIL import Image
 from gleam.core.model import GleamEncoder, ModelConfig
 from gleam.explain.model import (LoraSettings, VLMConfig, collate, load_adapter, load_image, load_vlm, merge_and_save,
                                  resolve_model_path, save_adapter)
-from gleam.explain.vision import (FACT_VOCAB, GleamVisionTower, VisionSettings, _images_from_patches,
+from gleam.explain.vision import (FACT_VOCAB, VIEW_KINDS, GleamVisionTower, VisionSettings, _images_from_patches,
                                   auxiliary_loss, auxiliary_targets, check_vision_settings, fact_targets, find_tower,
                                   match_probabilities)
 
@@ -76,6 +76,7 @@ def test_patches_fold_back_into_the_images(tiny, gleam_c):
     features = tower(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
     assert features.shape == (int(batch["image_grid_thw"].prod(-1).sum()) // 4, model.config.text_config.hidden_size)
     assert tower.last_match_logits.shape == (2,) and tower.last_fact_logits.shape == (4, len(FACT_VOCAB))
+    assert tower.last_view_logits.shape == (4, len(VIEW_KINDS))
 
 
 def test_adapter_and_merged_folders_keep_logits_and_match_head(tiny, gleam_c, tmp_path):
@@ -122,9 +123,12 @@ def test_fact_targets_are_the_checkers_truth():
     assert targets[("buildings", "moderate", None)] == 1 and targets[("buildings", "dense", None)] == 0
     assert targets[("tallest", None, "west")] == 1 and targets[("green", "moderate", None)] == 1
     assert fact_targets(None) is None
-    match, facts_tensor, mask = auxiliary_targets([pair(1, 2, False, facts), pair(3, 3, True, None)])
+    first, second = pair(1, 2, False, facts), pair(3, 3, True, None)
+    first.modality = "ground"  # the second has no modality: its query's view kind is unknown
+    match, facts_tensor, mask, views = auxiliary_targets([first, second])
     assert match.tolist() == [0.0, 1.0] and mask.tolist() == [True, True, False, False]
     assert facts_tensor.shape == (4, len(FACT_VOCAB))
+    assert views.tolist() == [VIEW_KINDS.index("ground"), VIEW_KINDS.index("satellite"), -100, 0]
 
 
 def test_match_head_learns_same_place_from_gleam_c_features(tiny, gleam_c):
@@ -252,3 +256,51 @@ def test_claims_the_heads_do_not_back_are_pruned_sentence_by_sentence_in_both_la
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="claim_threshold"):
             check_vision_settings(VisionSettings(claim_threshold=bad))
+
+
+def test_view_head_learns_which_kind_of_image_it_sees(tiny, gleam_c):
+    """The match head is told the query's view kind by the view head: trained from the examples'
+    modality alone, it tells flat-coloured map tiles from noisy photos it has not seen."""
+    torch.manual_seed(0)
+    model, processor = load_vlm(tiny, LoraSettings(enabled=False, train_projector=True),
+                                vision=VisionSettings(source="gleam_c", checkpoint=gleam_c, fact_loss=0.0, match_loss=0.0,
+                                                      view_loss=1.0))
+    tower = find_tower(model)
+    optimizer = torch.optim.AdamW([p for p in tower.merger.parameters() if p.requires_grad], lr=3e-3)
+    palette = np.array([[242, 239, 233], [255, 255, 255], [170, 211, 223], [217, 208, 201]], dtype=np.uint8)
+
+    def image(seed: int, kind: str) -> bytes:
+        rng = np.random.default_rng(seed)
+        pixels = palette[rng.integers(0, 4, (4, 4))] if kind == "streetmap" else (rng.random((28, 28, 3)) * 255).astype("uint8")
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def examples(seeds):
+        out = []
+        for seed in seeds:
+            kind = "streetmap" if seed % 2 else "ground"
+            example = pair(seed, seed + 1, True)
+            example.query_image, example.modality = image(seed, kind), kind
+            out.append(example)
+        return out
+
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(30):
+        chosen = examples(rng.integers(0, 400, 8).tolist())
+        batch = collate(chosen, processor, IMAGE_SIZE, 256, train=False)
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+        loss, parts = auxiliary_loss(model, *auxiliary_targets(chosen))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = examples(range(500, 532))
+    batch = collate(held_out, processor, IMAGE_SIZE, 256, train=False)
+    model.eval()
+    with torch.no_grad():
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+    predicted = tower.last_view_logits[0::2].argmax(-1).tolist()
+    accuracy = float(np.mean([VIEW_KINDS[p] == e.modality for p, e in zip(predicted, held_out)]))
+    assert accuracy >= 0.9, accuracy
+    assert parts["view_accuracy"] >= 0.5 and "match_loss" not in parts

@@ -9,8 +9,13 @@ peft trains as ``modules_to_save``).
 Two auxiliary heads sit on the pooled features, trained beside the answer loss
 (``auxiliary_loss``) and fed back into the image tokens (conditioning):
 
-- **match head** (per pair): an MLP over ``[q * s, |q - s|, cos(q, s)]`` of the two GLEAM-C
-  embeddings -> logit of P(same place).  Its probability is added to the satellite image's
+- **view head** (per image): which kind of view it is (``VIEW_KINDS``: satellite, UAV, street
+  map, panorama, ground photo), a linear layer on the pooled features trained by cross-entropy
+  from the examples' modality.  How similar two embeddings of one place are depends on the
+  query's kind (a street map sits far closer to its tile than a ground photo), so the match
+  head is told what it compares.
+- **match head** (per pair): an MLP over ``[q * s, |q - s|, cos(q, s), P(view kind of q)]`` of
+  the two GLEAM-C embeddings -> logit of P(same place).  Its probability is added to the satellite image's
   first token through a learned vector, so the verdict the LM writes can follow the images.
 - **fact heads** (per image): logits of the checkable scene facts ``FACT_VOCAB`` (junction types,
   nearest junction and tallest building directions, landmarks, building and green buckets:
@@ -46,6 +51,7 @@ from gleam.config import ModelPath
 VISION_CONFIG = "gleam_vision.json"
 VISION_WEIGHTS = "gleam_vision.safetensors"
 TRAIN_BACKBONE = ("frozen", "last_stage", "full")
+VIEW_KINDS = ("satellite", "uav", "streetmap", "panorama", "ground")
 COMPASS_CENTER = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west",
                   "center")
 
@@ -61,6 +67,7 @@ class VisionSettings:
     train_backbone: str = "frozen"  # frozen | last_stage (last block + conv head) | full
     match_loss: float = 1.0  # weight of the match head's BCE beside the answer loss
     fact_loss: float = 0.5  # weight of the fact heads' BCE
+    view_loss: float = 0.2  # weight of the view head's cross-entropy (which kind of image)
     condition: bool = True  # feed the heads' probabilities into the first token of each image
     # in training, the share of images whose first token is fed the true label / facts instead of
     # the heads' outputs (teacher conditioning: the LM learns to follow the token; at inference it
@@ -90,7 +97,7 @@ def check_vision_settings(settings: VisionSettings, key: str = "model.vision") -
     if settings.enabled() and not settings.checkpoint:
         raise ValueError(f"{key}.checkpoint: empty, but {key}.source is 'gleam_c'; give a GLEAM-C checkpoint "
                          "folder (e.g. runs/gleam-c-local/final or models/gleam-c-lite0-synth)")
-    for name in ("match_loss", "fact_loss"):
+    for name in ("match_loss", "fact_loss", "view_loss"):
         if getattr(settings, name) < 0:
             raise ValueError(f"{key}.{name}: {getattr(settings, name)} is negative; use 0 to switch the head's loss off")
     if not 0.0 <= settings.claim_threshold < 1.0:
@@ -151,10 +158,11 @@ def _images_from_patches(pixel_values: torch.Tensor, grid_thw: torch.Tensor, pat
 
 
 class TowerMerger(nn.Module):
-    """The trainable part of the tower: token projector, summary token, match and fact heads.
+    """The trainable part of the tower: token projector, summary token, view, match and fact heads.
 
     ``forward(embeddings (images, dim), features (images, channels), cells [(tokens_i, channels)])``
-    -> ``(tokens (sum tokens_i, hidden), match_logits (pairs,) or None, fact_logits (images, facts))``.
+    -> ``(tokens (sum tokens_i, hidden), match_logits (pairs,) or None, fact_logits (images, facts),
+    view_logits (images, len(VIEW_KINDS)))``.
     One module with one forward, so peft's ``modules_to_save`` wrapper can stand in for it."""
 
     def __init__(self, channels: int, dim: int, text_hidden: int, hidden: int, condition: bool):
@@ -165,7 +173,9 @@ class TowerMerger(nn.Module):
                                     nn.Linear(text_hidden, text_hidden))
         self.summary = nn.Sequential(nn.Linear(dim + facts, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden))
         # dropout before the heads' last layer: a few hundred training places are easy to memorise
-        self.match_head = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(hidden, 1))
+        self.view_head = nn.Linear(channels, len(VIEW_KINDS))
+        self.match_head = nn.Sequential(nn.Linear(2 * dim + 1 + len(VIEW_KINDS), hidden), nn.GELU(), nn.Dropout(0.2),
+                                        nn.Linear(hidden, 1))
         self.fact_head = nn.Sequential(nn.Linear(dim + channels, hidden), nn.GELU(), nn.Dropout(0.2),
                                        nn.Linear(hidden, facts))
         self.match_token = nn.Linear(2, text_hidden)
@@ -176,12 +186,14 @@ class TowerMerger(nn.Module):
         (images, facts), ``mask`` (images,): where ``use`` (and the truth is known) the first token
         carries the truth instead of the heads' outputs."""
         fact_logits = self.fact_head(torch.cat([embeddings, features], dim=-1))
+        view_logits = self.view_head(features)
         pairs = embeddings.shape[0] // 2
         match_logits = None
         if pairs:
             query, satellite = embeddings[0:2 * pairs:2], embeddings[1:2 * pairs:2]
             cosine = (query * satellite).sum(-1, keepdim=True)
-            match_logits = self.match_head(torch.cat([query * satellite, (query - satellite).abs(), cosine], -1))[:, 0]
+            view = torch.softmax(view_logits[0:2 * pairs:2], dim=-1)
+            match_logits = self.match_head(torch.cat([query * satellite, (query - satellite).abs(), cosine, view], -1))[:, 0]
         fact_probabilities = torch.sigmoid(fact_logits)
         match_probabilities = torch.sigmoid(match_logits) if match_logits is not None else None
         if teacher is not None:
@@ -201,7 +213,7 @@ class TowerMerger(nn.Module):
                     summary = summary + self.match_token(torch.stack([probability, 1 - probability]))
                 image_tokens = torch.cat([image_tokens[:1] + summary, image_tokens[1:]], dim=0)
             tokens.append(image_tokens)
-        return torch.cat(tokens, dim=0), match_logits, fact_logits
+        return torch.cat(tokens, dim=0), match_logits, fact_logits, view_logits
 
 
 class GleamVisionTower(nn.Module):
@@ -240,6 +252,7 @@ class GleamVisionTower(nn.Module):
         self.teacher: dict[str, torch.Tensor] | None = None  # set per training batch (set_teacher)
         self.last_match_logits: torch.Tensor | None = None
         self.last_fact_logits: torch.Tensor | None = None
+        self.last_view_logits: torch.Tensor | None = None
         # per answer of the last generate(): the selected text and the heads' outputs it was judged by
         self.last_grounding: list[dict[str, Any]] = []
         self.set_backbone_training()
@@ -305,13 +318,14 @@ class GleamVisionTower(nn.Module):
         features = torch.stack([f for _, _, f in pooled])  # (images, channels)
         cells = [F.adaptive_avg_pool2d(m.unsqueeze(0), grids[i])[0].flatten(1).transpose(0, 1) for i, m in maps]
         teacher = self.teacher if self.training else None
-        tokens, match_logits, fact_logits = self.merger(embeddings, features, cells, teacher)
+        tokens, match_logits, fact_logits, view_logits = self.merger(embeddings, features, cells, teacher)
         out = tokens.to(self.dtype)
         self.last_match_logits, self.last_fact_logits = match_logits, fact_logits
+        self.last_view_logits = view_logits
         return BaseModelOutputWithPooling(last_hidden_state=out, pooler_output=out)
 
     def set_teacher(self, match: torch.Tensor | None, facts: torch.Tensor, mask: torch.Tensor,
-                    generator: torch.Generator | None = None) -> None:
+                    views: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Teacher conditioning for the next training forward: each pair, with probability
         ``settings.teacher_rate``, has the truth in its first tokens (``auxiliary_targets``' tensors)."""
         rate = self.settings.teacher_rate
@@ -330,7 +344,7 @@ class GleamVisionTower(nn.Module):
                 "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
                 "processor_mean": self.processor_mean.flatten().tolist(),
                 "processor_std": self.processor_std.flatten().tolist(),
-                "fact_vocab": [list(entry) for entry in FACT_VOCAB]}
+                "fact_vocab": [list(entry) for entry in FACT_VOCAB], "view_kinds": list(VIEW_KINDS)}
 
     def save(self, folder: str) -> None:
         """``gleam_vision.json`` + ``gleam_vision.safetensors`` into a local folder.  Under peft the
@@ -447,6 +461,10 @@ def load_gleam_vision(model: nn.Module, folder: str) -> GleamVisionTower | None:
     if vocab != [tuple(entry) for entry in FACT_VOCAB]:
         raise ValueError(f"{config_path}: its fact vocabulary ({len(vocab)} entries) differs from this version's "
                          f"({len(FACT_VOCAB)}); retrain GLEAM-X (jobs/train_explain.py) with this version")
+    if saved.get("view_kinds") != list(VIEW_KINDS):
+        raise ValueError(f"{config_path}: saved by a version without the view head (view kinds "
+                         f"{saved.get('view_kinds')}, this version {list(VIEW_KINDS)}); retrain GLEAM-X "
+                         "(jobs/train_explain.py) with this version")
     settings = from_dict(VisionSettings, saved["settings"], config_path)
     owner = _visual_owner(model)
     tower = GleamVisionTower(saved["encoder_config"], settings, saved["text_hidden"], saved["spatial_merge_size"],
@@ -472,10 +490,12 @@ def without_tower_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def auxiliary_loss(model: nn.Module, match: torch.Tensor | None, facts: torch.Tensor | None,
-                   fact_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[str, float]]:
+                   fact_mask: torch.Tensor | None, views: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor | None, dict[str, float]]:
     """Weighted BCE of the match head (``match``: (pairs,) 0/1) and the fact heads (``facts``:
-    (images, len(FACT_VOCAB)) 0/1, ``fact_mask``: (images,) 1 where the image has facts), from the
-    tower's last forward; ``(None, {})`` without a tower."""
+    (images, len(FACT_VOCAB)) 0/1, ``fact_mask``: (images,) 1 where the image has facts), and the
+    view head's cross-entropy (``views``: (images,) index into ``VIEW_KINDS``, -100 where
+    unknown), from the tower's last forward; ``(None, {})`` without a tower."""
     tower = find_tower(model)
     if tower is None or tower.last_match_logits is None:
         return None, {}
@@ -494,6 +514,14 @@ def auxiliary_loss(model: nn.Module, match: torch.Tensor | None, facts: torch.Te
         loss = F.binary_cross_entropy_with_logits(logits[keep], facts.to(logits.device, logits.dtype)[keep])
         parts["fact_loss"] = float(loss.detach())
         total = settings.fact_loss * loss if total is None else total + settings.fact_loss * loss
+    logits = tower.last_view_logits
+    if views is not None and settings.view_loss and logits is not None and bool((views >= 0).any()):
+        views = views.to(logits.device)
+        loss = F.cross_entropy(logits.float(), views, ignore_index=-100)
+        known = views >= 0
+        parts["view_loss"] = float(loss.detach())
+        parts["view_accuracy"] = float((logits.argmax(-1)[known] == views[known]).float().mean())
+        total = settings.view_loss * loss if total is None else total + settings.view_loss * loss
     return total, parts
 
 
@@ -505,12 +533,15 @@ def match_probabilities(model: nn.Module) -> list[float] | None:
     return torch.sigmoid(tower.last_match_logits.detach().float()).cpu().tolist()
 
 
-def auxiliary_targets(examples: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """``(match (pairs,) or None, facts (2 * pairs, len(FACT_VOCAB)), fact_mask (2 * pairs,))`` of a
-    batch: the pair labels and each image's fact targets (query: the query location's facts,
-    satellite: the tile's); zeros with mask 0 where an example carries no facts or label."""
-    matches, facts, mask = [], [], []
+def auxiliary_targets(examples: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(match (pairs,) or None, facts (2 * pairs, len(FACT_VOCAB)), fact_mask (2 * pairs,), views
+    (2 * pairs,))`` of a batch: the pair labels, each image's fact targets (query: the query
+    location's facts, satellite: the tile's; zeros with mask 0 where an example carries no facts or
+    label) and each image's ``VIEW_KINDS`` index (the query's ``modality``; -100 when unknown)."""
+    matches, facts, mask, views = [], [], [], []
     for example in examples:
+        modality = getattr(example, "modality", None)
+        views += [VIEW_KINDS.index(modality) if modality in VIEW_KINDS[1:] else -100, 0]
         label = getattr(example, "match", None)
         matches.append(None if label is None else float(bool(label)))
         query_facts = getattr(example, "query_facts", None)
@@ -522,7 +553,7 @@ def auxiliary_targets(examples: Sequence[Any]) -> tuple[torch.Tensor | None, tor
             facts.append(targets or [0.0] * len(FACT_VOCAB))
             mask.append(targets is not None)
     match = None if any(m is None for m in matches) else torch.tensor(matches)
-    return match, torch.tensor(facts), torch.tensor(mask)
+    return match, torch.tensor(facts), torch.tensor(mask), torch.tensor(views, dtype=torch.long)
 
 
 # ------------------------------------------------------------------------------ grounded decoding
