@@ -54,7 +54,9 @@ case "$command" in
     else GLEAM_C=runs/gleam-c-local/final; [ -f "$GLEAM_C/config.json" ] || "$0" demo; fi
     "$PY" jobs/build_index.py --config configs/build-index-local.yaml checkpoint="$GLEAM_C"
     mkdir -p runs && sed 's#^\( *\)checkpoint: .*#\1checkpoint: ""#' configs/serve-local.yaml > runs/serve-local.yaml
-    [ -f runs/gleam-x-local/final/config.json ] || "$PY" jobs/train_explain.py --config configs/explain-local.yaml
+    # claims the fact heads give P < 0.6 are dropped from explanations (the threshold bench_explain chose on val)
+    [ -f runs/gleam-x-local/final/config.json ] || "$PY" jobs/train_explain.py --config configs/explain-local.yaml \
+      model.vision.claim_threshold=0.6
     PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/serve" run runs/serve-local.yaml
     ;;
   bench)

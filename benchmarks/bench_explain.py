@@ -15,12 +15,26 @@ Protocol (held-out regions, hard negatives included, both languages):
   pair kind and language, the match head alone, claim precision / strict precision / recall per
   language and claim kind, BLEU, ROUGE-L and the packaged all-MiniLM-L6-v2 explanation
   similarity per language;
+- claims the fact heads do not back: the chosen model answers val once; the claim threshold
+  (``model.vision.claim_threshold``: sentences stating a claim with fact-head P(true) below it
+  are dropped, ``vision.prune_claims``) is the smallest of ``CLAIM_THRESHOLDS`` whose val strict
+  claim precision reaches ``CLAIM_PRECISION_WANTED``; it is written into the model folder, test is
+  scored with it, and the test curve over every threshold is kept for reference only;
 - re-ranking: every query's GLEAM-C top-``--rerank-k`` tiles of its split's gallery are
   re-ordered by GLEAM-C's cosine + w x logit(GLEAM-X's P(same place)) (``serving.app.verify_rerank``,
   the rule serving applies with ``verify_weight``); w is chosen on *val* queries (ties: the
   smallest, so w = 0, GLEAM-C's own order, wins unless verification helps), then test R@1 before
   and after at that w, with the paired standard error, the R@k ceiling, and the seconds GLEAM-X
   adds per query (one prompt forward per candidate, batched).
+
+The numbers in README / benchmarks/README come from 1,024 training places (the fact heads
+memorise a few dozen), made and run by::
+
+    python jobs/make_shards.py --config configs/make-shards-local.yaml output=data/synth-explain \
+        synth.locations.train=1024 synth.image_size=128 synth.panorama_width=256
+    python benchmarks/bench_explain.py --data data/synth-explain --checkpoint models/gleam-c-lite0-synth \
+        --variants gleamc_frozen --epochs 4 --set data.max_train_examples=3072 train.verdict_only_epochs=1 \
+        --runs runs/bench-explain-1024v --out benchmarks/results/explain_grounded_1024_view.json
 
 ``--rerank-only MODEL`` re-scores only the re-ranking of an already trained GLEAM-X folder
 (``--variant`` names its overrides) and writes ``rerank`` into the existing ``--out`` file.
