@@ -131,6 +131,29 @@ def test_fact_targets_are_the_checkers_truth():
     assert views.tolist() == [VIEW_KINDS.index("ground"), VIEW_KINDS.index("satellite"), -100, 0]
 
 
+def train_heads_then_judge(model, processor, make, rng, steps: int, held_out_seeds) -> tuple[list, dict]:
+    """Train only the tower's merger on ``make(seeds)`` batches of 8 by the auxiliary loss, then
+    run the tower once on held-out examples -> (those examples, the last training step's parts)."""
+    tower = find_tower(model)
+    optimizer = torch.optim.AdamW([p for p in tower.merger.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    parts: dict = {}
+    for _ in range(steps):
+        chosen = make(rng.integers(0, 400, 8).tolist())
+        batch = collate(chosen, processor, IMAGE_SIZE, 256, train=False)
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+        loss, parts = auxiliary_loss(model, *auxiliary_targets(chosen))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = make(held_out_seeds)
+    batch = collate(held_out, processor, IMAGE_SIZE, 256, train=False)
+    model.eval()
+    with torch.no_grad():
+        tower(batch["pixel_values"], batch["image_grid_thw"])
+    return held_out, parts
+
+
 def test_match_head_learns_same_place_from_gleam_c_features(tiny, gleam_c):
     """Learning, not plumbing: only the tower's merger trains, on pairs whose satellite image is
     the query itself (same place) or another picture; held-out pairs are then judged well above
@@ -138,9 +161,6 @@ def test_match_head_learns_same_place_from_gleam_c_features(tiny, gleam_c):
     torch.manual_seed(0)
     model, processor = load_vlm(tiny, LoraSettings(enabled=False, train_projector=True),
                                 vision=VisionSettings(source="gleam_c", checkpoint=gleam_c, fact_loss=0.0))
-    tower = find_tower(model)
-    params = [p for p in tower.merger.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
     rng = np.random.default_rng(0)
 
     def pairs(seeds):
@@ -150,20 +170,7 @@ def test_match_head_learns_same_place_from_gleam_c_features(tiny, gleam_c):
             out.append(pair(seed, seed if same else seed + 1000, same))
         return out
 
-    model.train()
-    for step in range(40):
-        chosen = pairs(rng.integers(0, 400, 8).tolist())
-        batch = collate(chosen, processor, IMAGE_SIZE, 256, train=False)
-        tower(batch["pixel_values"], batch["image_grid_thw"])
-        loss, parts = auxiliary_loss(model, *auxiliary_targets(chosen))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    held_out = pairs(range(500, 532))
-    batch = collate(held_out, processor, IMAGE_SIZE, 256, train=False)
-    model.eval()
-    with torch.no_grad():
-        tower(batch["pixel_values"], batch["image_grid_thw"])
+    held_out, _ = train_heads_then_judge(model, processor, pairs, rng, 40, range(500, 532))
     predicted = [p >= 0.5 for p in match_probabilities(model)]
     accuracy = float(np.mean([p == e.match for p, e in zip(predicted, held_out)]))
     assert accuracy >= 0.8, accuracy
@@ -266,7 +273,6 @@ def test_view_head_learns_which_kind_of_image_it_sees(tiny, gleam_c):
                                 vision=VisionSettings(source="gleam_c", checkpoint=gleam_c, fact_loss=0.0, match_loss=0.0,
                                                       view_loss=1.0))
     tower = find_tower(model)
-    optimizer = torch.optim.AdamW([p for p in tower.merger.parameters() if p.requires_grad], lr=3e-3)
     palette = np.array([[242, 239, 233], [255, 255, 255], [170, 211, 223], [217, 208, 201]], dtype=np.uint8)
 
     def image(seed: int, kind: str) -> bytes:
@@ -285,21 +291,7 @@ def test_view_head_learns_which_kind_of_image_it_sees(tiny, gleam_c):
             out.append(example)
         return out
 
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(30):
-        chosen = examples(rng.integers(0, 400, 8).tolist())
-        batch = collate(chosen, processor, IMAGE_SIZE, 256, train=False)
-        tower(batch["pixel_values"], batch["image_grid_thw"])
-        loss, parts = auxiliary_loss(model, *auxiliary_targets(chosen))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    held_out = examples(range(500, 532))
-    batch = collate(held_out, processor, IMAGE_SIZE, 256, train=False)
-    model.eval()
-    with torch.no_grad():
-        tower(batch["pixel_values"], batch["image_grid_thw"])
+    held_out, parts = train_heads_then_judge(model, processor, examples, np.random.default_rng(0), 30, range(500, 532))
     predicted = tower.last_view_logits[0::2].argmax(-1).tolist()
     accuracy = float(np.mean([VIEW_KINDS[p] == e.modality for p, e in zip(predicted, held_out)]))
     assert accuracy >= 0.9, accuracy
