@@ -136,7 +136,7 @@ def _render_part(args: tuple) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    synth, part, misregistration = args if len(args) == 3 else (*args, None)
+    synth, part, misregistration = args
     from gleam.data.make_shards import part_locations
 
     located = part_locations(synth, part)  # make_shards' own locations, spill regions included

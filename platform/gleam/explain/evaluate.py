@@ -38,9 +38,10 @@ def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: 
     before claim pruning and the fact-head probabilities it is judged by)."""
     import torch
 
-    from gleam.explain.model import generate
-    from gleam.explain.vision import match_probabilities as head_probabilities
+    from gleam.explain.model import generate, unwrap
+    from gleam.explain.vision import find_tower, match_probabilities as head_probabilities
 
+    tower = find_tower(unwrap(model))
     texts: list[str] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -51,10 +52,6 @@ def predict(model: Any, processor: Any, examples: Sequence[Any], *, image_size: 
                 if probabilities is not None:
                     match_probabilities += probabilities[:len(chunk)]
             if grounding is not None:
-                from gleam.explain.model import unwrap
-                from gleam.explain.vision import find_tower
-
-                tower = find_tower(unwrap(model))
                 grounding += list(tower.last_grounding[:len(chunk)]) if tower is not None else [{}] * len(chunk)
     return texts
 

@@ -611,7 +611,7 @@ def generate(model: nn.Module, processor, examples: Sequence[ExplainExample], im
             # what the heads said of each answer, before claims they do not back are dropped
             # (evaluation chooses claim_threshold from these without generating again)
             match, facts = heads
-            tower.last_grounding = [{"selected": text, "match_probability": match[row] if row < len(match) else None,
+            tower.last_grounding = [{"selected": text, "match_probability": match[row],
                                      "query_facts": facts[2 * row], "satellite_facts": facts[2 * row + 1]}
                                     for row, text in enumerate(texts)]
             threshold = tower.settings.claim_threshold

@@ -79,7 +79,7 @@ class VisionSettings:
     candidates: int = 8
     # claims the heads do not back: after selection, a sentence stating a claim whose fact-head
     # P(true) is below this is dropped (the verdict line always stays); 0 keeps every sentence.
-    # benchmarks/bench_explain.py chooses it on the val split (results/explain_grounded.json)
+    # benchmarks/bench_explain.py chooses it on the val split (results/explain_grounded_1024*.json)
     claim_threshold: float = 0.0
     hidden: int = 256  # width of the heads' hidden layers
 

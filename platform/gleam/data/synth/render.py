@@ -61,17 +61,12 @@ def _rotated_axes(scene: Scene, x: float, y: float, extent_m: float, margin: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest raster rows / cols (2-D) and in-region mask of a tile whose content is turned
     ``rotation_deg`` clockwise about (x, y): pixel offset p (east, north) shows the world at R(θ) p."""
-    grid = scene.grid
-    n = int(round(extent_m / grid.res))
+    n = int(round(extent_m / scene.grid.res))
     offsets = (np.arange(-margin, n + margin) + 0.5) * (extent_m / n) - extent_m / 2
     east, north = np.meshgrid(offsets, -offsets)
     theta = np.deg2rad(rotation_deg)
-    xs = x + np.cos(theta) * east - np.sin(theta) * north
-    ys = y + np.sin(theta) * east + np.cos(theta) * north
-    cols = np.floor((xs - grid.x_west) / grid.res).astype(np.int64)
-    rows = np.floor((grid.y_north - ys) / grid.res).astype(np.int64)
-    inside = (rows >= 0) & (rows < grid.size) & (cols >= 0) & (cols < grid.size)
-    return np.clip(rows, 0, grid.size - 1), np.clip(cols, 0, grid.size - 1), inside
+    return scene.pixel_index(x + np.cos(theta) * east - np.sin(theta) * north,
+                             y + np.sin(theta) * east + np.cos(theta) * north)
 
 
 def tile_layers(scene: Scene, x: float, y: float, extent_m: float, margin: int = 0,

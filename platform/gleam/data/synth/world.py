@@ -434,11 +434,12 @@ class World:
         elif modality == "ground":
             image = self.render_ground(loc, params["heading"], size=size or 256, view_index=view_index)
         else:
-            error = self.misregistration(loc, *misregistration, view_index=view_index) if misregistration else None
-            if error:
+            shift, rotation = (0.0, 0.0), 0.0
+            if misregistration:
+                error = self.misregistration(loc, *misregistration, view_index=view_index)
                 params = {**params, "registration": error}
-            image = self.render_streetmap(loc, size=size or 256, shift_m=(error["dx_m"], error["dy_m"]) if error else (0.0, 0.0),
-                                          rotation_deg=error["rotation_deg"] if error else 0.0)
+                shift, rotation = (error["dx_m"], error["dy_m"]), error["rotation_deg"]
+            image = self.render_streetmap(loc, size=size or 256, shift_m=shift, rotation_deg=rotation)
         meta = {"modality": modality, "view_index": view_index, "location_id": loc.location_id,
                 "world_id": self.world_id, **params}
         if modality != "streetmap":
