@@ -4,19 +4,21 @@ fact targets are the checker's truth, the match head learns, bad settings are re
 from __future__ import annotations
 
 import io
+import json
 import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from gleam.core.model import GleamEncoder, ModelConfig
 from gleam.explain.model import (LoraSettings, VLMConfig, collate, load_adapter, load_image, load_vlm, merge_and_save,
                                  resolve_model_path, save_adapter)
-from gleam.explain.vision import (FACT_VOCAB, VIEW_KINDS, GleamVisionTower, VisionSettings, _images_from_patches,
-                                  auxiliary_loss, auxiliary_targets, check_vision_settings, fact_targets, find_tower,
+from gleam.explain.vision import (FACT_VOCAB, LAYOUT_GRID, VIEW_KINDS, VISION_CONFIG, GleamVisionTower, TowerMerger,
+                                  VisionSettings, _images_from_patches, auxiliary_loss, auxiliary_targets, check_vision_settings, fact_targets, find_tower,
                                   match_probabilities)
 
 IMAGE_SIZE = 56
@@ -107,6 +109,12 @@ def test_adapter_and_merged_folders_keep_logits_and_match_head(tiny, gleam_c, tm
     logits, match = outputs(again, batch)
     torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(match, expected_match, atol=1e-5, rtol=1e-5)
+
+    saved = json.loads((tmp_path / "merged" / VISION_CONFIG).read_text())
+    del saved["match_inputs"]  # a folder from before the layout comparison
+    (tmp_path / "merged" / VISION_CONFIG).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="match head compares embeddings.view.*retrain GLEAM-X"):
+        load_vlm(merged)
 
 
 def test_fact_targets_are_the_checkers_truth():
@@ -296,3 +304,43 @@ def test_view_head_learns_which_kind_of_image_it_sees(tiny, gleam_c):
     accuracy = float(np.mean([VIEW_KINDS[p] == e.modality for p, e in zip(predicted, held_out)]))
     assert accuracy >= 0.9, accuracy
     assert parts["view_accuracy"] >= 0.5 and "match_loss" not in parts
+
+
+
+def test_match_head_compares_layouts_not_only_what_is_in_the_images():
+    """The layout correlation at work: each negative pair is one image against itself with its
+    feature-map cells shuffled (the same embedding and pooled features: the same things, in
+    other places), so only the layout can tell it from a positive; the match head alone, trained
+    by BCE, tells held-out pairs apart."""
+    torch.manual_seed(0)
+    channels, dim, cells = 16, 8, LAYOUT_GRID ** 2
+    merger = TowerMerger(channels, dim, text_hidden=16, hidden=32, condition=False)
+
+    def batch(pairs: int):
+        embeddings = F.normalize(torch.randn(pairs, dim), dim=-1).repeat_interleave(2, 0)
+        features = torch.randn(pairs, channels).repeat_interleave(2, 0)
+        layouts = torch.randn(pairs, channels, cells)
+        layouts = F.normalize(layouts - layouts.mean(-1, keepdim=True), dim=1).repeat_interleave(2, 0)
+        match = torch.rand(pairs) < 0.5
+        for p in torch.nonzero(~match)[:, 0].tolist():
+            shuffled = torch.randperm(cells)
+            while bool((shuffled == torch.arange(cells)).all()):
+                shuffled = torch.randperm(cells)
+            layouts[2 * p + 1] = layouts[2 * p + 1][:, shuffled]
+        return embeddings, features, layouts, match.float()
+
+    optimizer = torch.optim.AdamW(merger.match_head.parameters(), lr=3e-3)
+    merger.train()
+    for _ in range(150):
+        embeddings, features, layouts, match = batch(32)
+        logits = merger(embeddings, features, [torch.zeros(1, channels)] * len(layouts), layouts)[1]
+        loss = F.binary_cross_entropy_with_logits(logits, match)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    merger.eval()
+    embeddings, features, layouts, match = batch(256)
+    with torch.no_grad():
+        logits = merger(embeddings, features, [torch.zeros(1, channels)] * len(layouts), layouts)[1]
+    accuracy = float(((logits > 0).float() == match).float().mean())
+    assert accuracy >= 0.9, accuracy
