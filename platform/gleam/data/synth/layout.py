@@ -28,9 +28,10 @@ from .trees import TreeCluster, TreePlanter, Trees, stamp_trees
 
 @dataclass
 class Layout(Canvas):
-    """The finished canvas rasters (row 0 = north) plus the vector lists of one region."""
+    """The finished canvas rasters (row 0 = north) plus the vector lists of one region
+    (``network``: the generator's road lines; None for a layout read from OSM, ``osm.py``)."""
 
-    network: RoadNetwork
+    network: RoadNetwork | None
     roads: list[Road]
     junctions: list[Junction]
     buildings: list[Building]

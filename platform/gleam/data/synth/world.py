@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -64,6 +65,9 @@ class WorldConfig:
     satellite_jitter: float = 0.8
     split: str | None = None
     name: str | None = None
+    # a real city instead of a generated one: an OSM extract name (``osm.OSM_EXTRACTS``) or a
+    # .osm.pbf path, read around (origin_lat, origin_lon); see ``osm_world_config``
+    osm: str | None = None
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -134,7 +138,13 @@ class World:
         # daylight sun, somewhere in the southern half of the sky
         self.sun = Sun(round(float(sun_rng.uniform(100.0, 260.0)), 2),
                        round(float(sun_rng.uniform(*self.biome.sun_elevation_deg)), 2))
-        self.layout: Layout = build_layout(config.size_m, config.resolution_m, self.biome, config.seed)
+        if config.osm:
+            from .osm import build_osm_layout
+
+            self.layout: Layout = build_osm_layout(config.size_m, config.resolution_m, self.biome, config.seed,
+                                                   config.osm, config.origin_lat, config.origin_lon)
+        else:
+            self.layout = build_layout(config.size_m, config.resolution_m, self.biome, config.seed)
         ortho, shadow = orthophoto(self.layout, self.biome, self.sun, stream(config.seed, "albedo"))
         self.scene = Scene(self.layout, self.biome, self.sun, ortho, shadow)
         self._points = _PointStream(stream(config.seed, "locations"))
@@ -496,6 +506,26 @@ def _check_modality(modality: str, allowed: tuple[str, ...]) -> None:
 
 def _default_biome(seed: int) -> str:
     return BIOME_NAMES[int(stream(seed, "biome").integers(len(BIOME_NAMES)))]
+
+
+def osm_world_config(source: str = "helsinki", size_m: float | None = None, biome: str = "temperate",
+                     seed: int = 0, **overrides) -> WorldConfig:
+    """A world whose layout is the OSM extract ``source`` (``osm.py``): centred on the extract,
+    ``size_m`` (default: the largest square its roads cover, to 10 m) on a side, the tiles'
+    margin half a tile (a tile never leaves the data) and 45 m between locations (a city centre
+    of about 1 km^2 then holds some 200 locations and distractor tiles).  ``biome`` gives colours
+    and the floors of unmapped buildings.  Raises ``ValueError`` / ``ImportError`` from
+    ``osm.extract_path`` with the fix."""
+    from .osm import extract_centre, extract_extent_m
+
+    lat, lon = extract_centre(source)
+    if size_m is None:
+        size_m = math.floor(min(extract_extent_m(source)) / 10.0) * 10.0
+    name = overrides.pop("name", None) or f"osm-{os.path.basename(source).split('.')[0].lower()}-s{seed}"
+    settings = {"tile_size_m": 256.0, "location_spacing_m": 45.0, **overrides}
+    settings.setdefault("location_margin_m", settings["tile_size_m"] / 2 + 2.0)
+    return WorldConfig(seed=seed, origin_lat=round(lat, 6), origin_lon=round(lon, 6), size_m=size_m, biome=biome,
+                       osm=source, name=name, **settings)
 
 
 def generate_world(config: WorldConfig | None = None, **overrides) -> World:
