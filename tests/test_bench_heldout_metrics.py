@@ -115,3 +115,21 @@ def test_seed_summary_is_mean_and_standard_error_over_pairs():
     assert seeds.parse_pair("3:4") == (3, 4)
     with pytest.raises(Exception, match="WORLD:TRAIN"):
         seeds.parse_pair("3")
+
+
+def test_the_city_test_split_renders_real_places_and_its_control_matches_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # the render processes import the benchmark
+    bench = importlib.import_module("bench_heldout")
+    data = bench.render_city("helsinki", 3, 2, 32, 1, str(tmp_path))
+    assert data["satellite"].shape == (3, 32, 32, 3) and data["panorama"].shape == (3, 32, 64, 3)
+    assert data["distractor_satellite"].shape == (2, 32, 32, 3)
+    assert len(set(data["ids"].tolist()) | set(data["distractor_ids"].tolist())) == 5
+    assert (np.abs(data["lat"] - 60.17) < 0.01).all() and (np.abs(data["lon"] - 24.944) < 0.01).all()
+    assert str(data["city"]) == "osm-helsinki-s0" and data["city_capacity"][0] >= 40
+    assert os.path.exists(tmp_path / "test-osm-helsinki-3-2-32.npz")
+    again = bench.render_city("helsinki", 3, 2, 32, 1, str(tmp_path))  # from the cache
+    assert np.array_equal(again["uav"], data["uav"])
+    city, control = bench._city_config("helsinki"), bench._city_config("generated:1")
+    assert control.osm is None and control.seed == 1
+    for key in ("size_m", "biome", "tile_size_m", "location_spacing_m", "location_margin_m"):
+        assert getattr(control, key) == getattr(city, key), key
