@@ -34,7 +34,10 @@ memorise a few dozen), made and run by::
         synth.locations.train=1024 synth.image_size=128 synth.panorama_width=256
     python benchmarks/bench_explain.py --data data/synth-explain --checkpoint models/gleam-c-lite0-synth \
         --variants gleamc_frozen --epochs 4 --set data.max_train_examples=3072 train.verdict_only_epochs=1 \
-        --runs runs/bench-explain-1024v --out benchmarks/results/explain_grounded_1024_view.json
+        --runs runs/bench-explain-1024L --out benchmarks/results/explain_grounded_1024_layout.json
+
+(seeds: ``--set ... run.seed=S`` trains with seed S and draws the val/test pairs' random
+negatives with it; ``explain_grounded_1024_layout_s{1,2}.json``).
 
 ``--rerank-only MODEL`` re-scores only the re-ranking of an already trained GLEAM-X folder
 (``--variant`` names its overrides) and writes ``rerank`` into the existing ``--out`` file.
