@@ -344,3 +344,20 @@ def test_match_head_compares_layouts_not_only_what_is_in_the_images():
         logits = merger(embeddings, features, [torch.zeros(1, channels)] * len(layouts), layouts)[1]
     accuracy = float(((logits > 0).float() == match).float().mean())
     assert accuracy >= 0.9, accuracy
+
+
+def test_the_head_verdict_replaces_the_one_the_language_model_wrote():
+    from gleam.explain.prompts import parse_answer, with_verdict
+
+    text = "Both images show a lake to the east.\nVerdict: match"
+    fixed = with_verdict(text, False)
+    assert fixed == "Both images show a lake to the east.\nVerdict: no match"
+    assert parse_answer(fixed).verdict is False and parse_answer(fixed).well_formed
+    zh = "两张图都在东边有湖。结论：不匹配"
+    assert with_verdict(zh, True) == "两张图都在东边有湖。\n结论：匹配"
+    twice = "Verdict: no match. The roads agree. Verdict: match"
+    assert with_verdict(twice, True).count("Verdict") == 1 and parse_answer(with_verdict(twice, True)).verdict
+    assert with_verdict("", True, "zh") == "结论：匹配"  # a verdict-only answer, or nothing at all
+    assert with_verdict("The roads agree.", False) == "The roads agree.\nVerdict: no match"
+    with pytest.raises(ValueError, match="language 'fr'"):
+        with_verdict(text, True, "fr")

@@ -608,6 +608,14 @@ def generate(model: nn.Module, processor, examples: Sequence[ExplainExample], im
             texts = chosen
             head_outputs(unwrap(model), batch)  # leave the prompt batch's head outputs for the caller
         if heads is not None:
+            # the images decide the verdict: where no answer the LM wrote states the match head's
+            # verdict, its verdict line is set to the head's (the explanation stays, claims are pruned)
+            from gleam.explain.prompts import parse_answer, with_verdict
+
+            match, _ = heads
+            texts = [text if parse_answer(text).verdict == (match[row] >= 0.5)
+                     else with_verdict(text, match[row] >= 0.5, getattr(examples[row], "language", None))
+                     for row, text in enumerate(texts)]
             # what the heads said of each answer, before claims they do not back are dropped
             # (evaluation chooses claim_threshold from these without generating again)
             match, facts = heads

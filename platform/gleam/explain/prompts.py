@@ -420,6 +420,21 @@ def parse_answer(text: str) -> ParsedAnswer:
     return ParsedAnswer(verdict, language, well_formed)
 
 
+def with_verdict(text: str, verdict: bool, language: str | None = None) -> str:
+    """``text`` ending in the verdict line of ``verdict`` (``VERDICT_LINES``) and stating no other:
+    every verdict phrase it held is removed.  ``language``: the line's language; default the
+    text's own verdict language, else its script's, else English.  Used when GLEAM-X's match
+    head, not the language model, decides the verdict (``explain.model.generate``)."""
+    found = _verdicts(text)
+    language = language or (found[-1][3] if found else None) or script_language(text) or "en"
+    if language not in VERDICT_LINES:
+        raise ValueError(f"language {language!r}: one of {sorted(VERDICT_LINES)}")
+    for start, end, _, _ in reversed(found):
+        text = text[:start] + text[end:]
+    body = "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+    return (body + "\n" if body else "") + VERDICT_LINES[language][bool(verdict)]
+
+
 def strip_verdicts(text: str) -> str:
     """``text`` without its verdict phrases (claims are never read from them)."""
     for start, end, _, _ in reversed(_verdicts(text)):
