@@ -6,7 +6,9 @@ runs on a local Ray Serve; ``concurrency`` client threads (httpx) send ``request
 96 px JPEG. Measured: requests/s over the whole burst, p50/p99 latency, and the batch sizes the
 Retriever actually formed, for each batch wait (``--batch-waits``). ``max_batch_size=1`` is the
 no-batching baseline; the ratio is batched / unbatched requests/s in the same run on the same
-machine. ``forward_batch_speedup`` is the encoder's own per-image gain from batching at one
+machine. ``cpu_ms_per_request``: CPU milliseconds each process role (client, Serve's HTTP proxy,
+Ingress, Retriever, the rest of Ray) spent per request over the burst (warm-up included): where a
+request's time goes on a machine whose cores are all busy. ``forward_batch_speedup`` is the encoder's own per-image gain from batching at one
 thread (measured here, before Serve starts): where the forward pass is the Retriever's cost,
 batching cannot raise requests/s by more than that.
 
@@ -72,6 +74,46 @@ def burst(url: str, image: bytes, requests: int, concurrency: int) -> dict:
                            "mean": round(float(latencies.mean()) * 1000, 1)}}
 
 
+def process_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process on this machine, grouped by role:
+    ``client`` (this process: the httpx threads), ``proxy`` (Serve's HTTP proxy), ``Ingress`` /
+    ``Retriever`` (the replicas, by Ray's process title), ``controller`` (Serve's controller),
+    ``ray`` (raylet, GCS, idle workers) and ``other``; differences over a burst, per request, say
+    where a request's CPU goes."""
+    import psutil
+
+    roles: dict[str, float] = {}
+    me = os.getpid()
+    for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        try:
+            times = process.info["cpu_times"]
+            line = " ".join(process.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if times is None:
+            continue
+        if process.info["pid"] == me:
+            role = "client"
+        elif "ServeReplica:gleam:" in line:
+            role = line.split("ServeReplica:gleam:", 1)[1].split()[0].split(".")[0]
+        elif "ProxyActor" in line:
+            role = "proxy"
+        elif "ServeController" in line:
+            role = "controller"
+        elif "ray" in line:
+            role = "ray"
+        else:
+            role = "other"
+        roles[role] = roles.get(role, 0.0) + times.user + times.system
+    return roles
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """CPU milliseconds per request of each role between two ``process_cpu_seconds`` readings."""
+    return {role: round((after.get(role, 0.0) - before.get(role, 0.0)) / requests * 1000, 2)
+            for role in sorted(set(before) | set(after)) if after.get(role, 0.0) - before.get(role, 0.0) > 0}
+
+
 def forward_ms_per_image(checkpoint: str, image_size: int, batch_sizes: list[int], seconds: float = 2.0) -> dict:
     """Encoder forward time per image (ms) at each batch size, 1 torch thread (a Retriever replica
     at one CPU), channels-last as serving feeds it: what batching can gain in the forward at most."""
@@ -129,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
                     autoscaling=AutoscalingSection(min_replicas=1, max_replicas=1)))
                 serve.run(build_app(config), name="gleam", route_prefix="/")
                 url = f"http://127.0.0.1:{port}"
+                cpu_before = process_cpu_seconds()
                 measured = burst(url + "/v1/localize", image, args.requests, args.concurrency)
+                measured["cpu_ms_per_request"] = cpu_per_request(cpu_before, process_cpu_seconds(),
+                                                                 args.requests + args.concurrency)
                 batching = httpx.get(url + "/healthz", timeout=60).json()["retriever"]["batching"]
                 measured.update({"max_batch_size": batch_size, "batch_wait_timeout_s": wait,
                                  "mean_batch": round(batching["requests"] / max(batching["batches"], 1), 2),
