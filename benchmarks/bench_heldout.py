@@ -190,15 +190,20 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
     print(f"rendering {split}: {count} locations + {distractors} distractors in {len(parts)} parts", flush=True)
     with mp.get_context("spawn").Pool(workers) as pool:
         pieces = pool.map(_render_part, [(synth, p, misregistration) for p in parts], chunksize=1)
-    seconds = time.perf_counter() - started
+    return _keep_split(path, pieces, time.perf_counter() - started, workers, {"world_seed": np.array(world_seed)})
+
+
+def _keep_split(path: str, pieces: list[dict[str, Any]], seconds: float, workers: int,
+                extra: dict[str, Any]) -> dict[str, Any]:
+    """One split's arrays from its rendered parts (queries, then distractor tiles), written
+    atomically to the cache ``path``."""
     queries = [p for p in pieces if not p["distractor"]]
     tiles = [p for p in pieces if p["distractor"]]
     data = {"ids": np.array(sum((p["ids"] for p in queries), [])),
             "lat": np.concatenate([p["lat"] for p in queries]), "lon": np.concatenate([p["lon"] for p in queries]),
             "biome": np.array(sum((p["biome"] for p in queries), [])),
             "satellite": np.concatenate([p["satellite"] for p in queries]),
-            "render_seconds": np.array(seconds), "render_workers": np.array(workers),
-            "world_seed": np.array(world_seed)}
+            "render_seconds": np.array(seconds), "render_workers": np.array(workers), **extra}
     for modality in MODALITIES:
         data[modality] = np.concatenate([p[modality] for p in queries])
     if tiles:
@@ -207,7 +212,7 @@ def render_split(split: str, count: int, distractors: int, size: int, workers: i
                      "distractor_lon": np.concatenate([p["lon"] for p in tiles]),
                      "distractor_biome": np.array(sum((p["biome"] for p in tiles), [])),
                      "distractor_satellite": np.concatenate([p["satellite"] for p in tiles])})
-    os.makedirs(cache, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     np.savez(path + ".tmp.npz", **data)
     os.replace(path + ".tmp.npz", path)
     return data
@@ -272,27 +277,9 @@ def render_city(source: str, count: int, distractors: int, size: int, workers: i
             for role, n in (("query", count), ("distractor", distractors)) for a in range(0, n, 16)]
     with mp.get_context("spawn").Pool(workers) as pool:
         pieces = pool.map(_render_city_part, jobs, chunksize=1)
-    queries = [p for p in pieces if not p["distractor"]]
-    tiles = [p for p in pieces if p["distractor"]]
-    data = {"ids": np.array(sum((p["ids"] for p in queries), [])),
-            "lat": np.concatenate([p["lat"] for p in queries]), "lon": np.concatenate([p["lon"] for p in queries]),
-            "biome": np.array(sum((p["biome"] for p in queries), [])),
-            "satellite": np.concatenate([p["satellite"] for p in queries]),
-            "render_seconds": np.array(time.perf_counter() - started), "render_workers": np.array(workers),
-            "world_seed": np.array(0), "city": np.array(world.world_id),
-            "city_capacity": np.array([world.capacity(10_000), world.capacity(10_000, "distractor")])}
-    for modality in MODALITIES:
-        data[modality] = np.concatenate([p[modality] for p in queries])
-    if tiles:
-        data.update({"distractor_ids": np.array(sum((p["ids"] for p in tiles), [])),
-                     "distractor_lat": np.concatenate([p["lat"] for p in tiles]),
-                     "distractor_lon": np.concatenate([p["lon"] for p in tiles]),
-                     "distractor_biome": np.array(sum((p["biome"] for p in tiles), [])),
-                     "distractor_satellite": np.concatenate([p["satellite"] for p in tiles])})
-    os.makedirs(cache, exist_ok=True)
-    np.savez(path + ".tmp.npz", **data)
-    os.replace(path + ".tmp.npz", path)
-    return data
+    return _keep_split(path, pieces, time.perf_counter() - started, workers,
+                       {"world_seed": np.array(0), "city": np.array(world.world_id),
+                        "city_capacity": np.array([world.capacity(10_000), world.capacity(10_000, "distractor")])})
 
 
 def spread_subset(data: dict[str, Any], count: int) -> dict[str, Any]:
