@@ -347,6 +347,11 @@ def build_osm_layout(extent_m: float, resolution_m: float, biome: Biome, seed: i
     water = [project(g) for frame_ in (layers["natural"], layers["landuse"]) for g in _tagged(frame_, WATER_TAGS)]
     _paint_areas(canvas, water, C.WATER, registry, ("water", "lake"))
     road_list = _roads(canvas, layers["ways"], project)
+    if not road_list:
+        lon0, lat0, lon1, lat1 = layers["bounds"]
+        raise ValueError(f"osm source {source!r}: no road of the extract lies in the {extent_m:g} m square around "
+                         f"({origin_lat:.5f}, {origin_lon:.5f}); its roads span lat {lat0:.5f}..{lat1:.5f}, lon "
+                         f"{lon0:.5f}..{lon1:.5f}: centre the world there (osm_world_config does)")
     buildings = _buildings(canvas, layers["buildings"], project, biome, stream(seed, "osm-buildings"))
     planter = TreePlanter(biome, stream(seed, "trees"))
     trees_xy = _tree_points(layers["natural"], project)
