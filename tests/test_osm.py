@@ -98,6 +98,10 @@ def test_unknown_or_missing_extracts_are_refused_with_the_fix(tmp_path):
         generate_world(WorldConfig(osm="atlantis", size_m=500.0, location_margin_m=130.0))
     with pytest.raises(ValueError, match="no such file"):
         extract_path(str(tmp_path / "city.osm.pbf"))
+    broken = tmp_path / "broken.osm.pbf"
+    broken.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="not a readable OpenStreetMap PBF extract"):
+        generate_world(WorldConfig(osm=str(broken), size_m=500.0, location_margin_m=130.0))
     with pytest.raises(ValueError, match="no road of the extract lies in the 500 m square.*centre the world there"):
         generate_world(WorldConfig(osm="helsinki", origin_lat=47.37, origin_lon=8.54, size_m=500.0,
                                    location_margin_m=130.0))

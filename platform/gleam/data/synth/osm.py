@@ -92,15 +92,21 @@ def read_extract(path: str) -> dict[str, Any]:
         from pyrosm import OSM
     except ImportError as error:
         raise ImportError("reading OpenStreetMap extracts needs pyrosm: pip install -c constraints.txt pyrosm") from error
-    osm = OSM(path)
-    ways = osm.get_network(network_type="driving")
-    if ways is None or not len(ways):
-        raise ValueError(f"{path}: no drivable roads in this extract")
-    nodes, edges = osm.get_network(network_type="driving", nodes=True)
-    layers = {"ways": ways, "nodes": nodes, "edges": edges, "buildings": osm.get_buildings(),
-              "landuse": osm.get_landuse(), "natural": osm.get_natural(),
-              "leisure": osm.get_data_by_custom_criteria(custom_filter={"leisure": list(GREEN_TAGS["leisure"])},
-                                                         keep_nodes=False)}
+    try:
+        osm = OSM(path)
+        ways = osm.get_network(network_type="driving")
+        if ways is None or not len(ways):
+            raise ValueError(f"{path}: no drivable roads in this extract; give a city or district extract")
+        nodes, edges = osm.get_network(network_type="driving", nodes=True)
+        layers = {"ways": ways, "nodes": nodes, "edges": edges, "buildings": osm.get_buildings(),
+                  "landuse": osm.get_landuse(), "natural": osm.get_natural(),
+                  "leisure": osm.get_data_by_custom_criteria(custom_filter={"leisure": list(GREEN_TAGS["leisure"])},
+                                                             keep_nodes=False)}
+    except ValueError:
+        raise
+    except Exception as error:  # pyrosm's InvalidOSMFileError and parser errors: one clear message
+        raise ValueError(f"{path}: not a readable OpenStreetMap PBF extract ({type(error).__name__}: "
+                         f"{str(error)[:200]}); export one as .osm.pbf (e.g. from Geofabrik or osmium)") from None
     layers["bounds"] = tuple(float(v) for v in ways.total_bounds)
     return layers
 
