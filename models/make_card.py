@@ -58,7 +58,41 @@ def _command(prov: dict) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
-def card(result: dict, row: dict, name: str, sha256: str, note: str = "") -> str:
+def _test_world(result: dict) -> str:
+    """What a ``--score`` result file's test split was, in words."""
+    render = result.get("render", {})
+    test = render.get("test", {})
+    gallery = test.get("locations", 0) + test.get("distractors", 0)
+    if str(result.get("test_city") or "").startswith("generated:"):
+        what = f"the city's generated control (`{result['test_city']}`: same size, biome and spacing)"
+    elif test.get("osm_city"):
+        what = f"real city `{test['source']}` (OpenStreetMap layout, ODbL)"
+    else:
+        what = "synthetic test regions"
+    shift = render.get("streetmap_misregistration")
+    if shift:
+        what += f", street maps misregistered by <= {shift['max_shift_m']:g} m and {shift['max_rotation_deg']:g} deg"
+    return f"{what}; {test.get('locations', '?')} queries, {gallery}-tile gallery"
+
+
+def _scored_elsewhere(paths: list[str]) -> list[str]:
+    """Rows of other result files that re-scored this checkpoint (``bench_heldout.py --score``)."""
+    if not paths:
+        return []
+    lines = ["## Scored on other test worlds", "",
+             "The same weights, re-scored without training (`bench_heldout.py --score`); test R@1 %:", "",
+             "| result file | test world | " + " | ".join(NAMES[v] for v in VIEWS) + " |",
+             "|---|---|" + "---|" * len(VIEWS)]
+    for path in paths:
+        with open(path) as handle:
+            other = json.load(handle)
+        views = other["rows"][0]["held_out"]["views"]
+        lines.append(f"| `{os.path.relpath(path, ROOT)}` | {_test_world(other)} | "
+                     + " | ".join(f"{views[v]['R@1']:.1f}" if v in views else "-" for v in VIEWS) + " |")
+    return lines + [""]
+
+
+def card(result: dict, row: dict, name: str, sha256: str, note: str = "", scored: list[str] | None = None) -> str:
     bench = _bench()
     config = bench._config(row["image_size"], row["global_batch"], row["overrides"])
     phase = config.phases[0]
@@ -140,6 +174,7 @@ def card(result: dict, row: dict, name: str, sha256: str, note: str = "") -> str
         flip = row["held_out_flip"]["views"]
         lines += ["With flip test-time augmentation (`tta.flip: true`), R@1: "
                   + ", ".join(f"{NAMES[v]} {flip[v]['R@1']:.1f}" for v in VIEWS if v in flip) + ".", ""]
+    lines += _scored_elsewhere(scored or [])
     lines += [
         "## Limits",
         "",
@@ -149,14 +184,18 @@ def card(result: dict, row: dict, name: str, sha256: str, note: str = "") -> str
         f"{100 * math.sqrt(0.25 / test['views']['uav']['queries']):.1f} points.",
         "- Issue 24's targets (test split, mean over 3 seeds: street map >= 95, UAV >= 85, panorama >= 75, "
         "ground >= 45 % R@1) are **not** reached by this checkpoint on this machine.",
-        "- Synthetic images only, from the same generator as training: nothing here measures a shift in "
-        "layout statistics, real imagery or real OpenStreetMap misregistration.",
+        "- Synthetic images only: the test regions above come from the same generator as training"
+        + ("; the other test worlds (a real city's layout, misregistered maps) are listed above, one run each"
+           if scored else ": nothing here measures a shift in layout statistics, real imagery or real "
+           "OpenStreetMap misregistration") + "; no real imagery.",
         "",
         "## Reproduce",
         "",
         "```",
         _command(prov),
-        f"python models/make_card.py {os.path.relpath(result['_path'], ROOT)} --name {name}",
+        f"python models/make_card.py {os.path.relpath(result['_path'], ROOT)} --name {name}"
+        + "".join(f" \\\n    --scored {os.path.relpath(p, ROOT)}" if i == 0 else f" {os.path.relpath(p, ROOT)}"
+                  for i, p in enumerate(scored or [])),
         "```",
         "",
         f"- commit `{prov['git']['commit']}` (working tree dirty: {prov['git']['dirty']}: the flag counts every "
@@ -176,6 +215,8 @@ def main() -> None:
     parser.add_argument("--name", default="gleam-c-lite0-synth")
     parser.add_argument("--models-dir", default=os.path.join(ROOT, "models"))
     parser.add_argument("--note", default="", help="one paragraph added to the card as it is")
+    parser.add_argument("--scored", nargs="*", default=[], metavar="RESULT",
+                        help="bench_heldout --score result files of this checkpoint on other test worlds")
     args = parser.parse_args()
     with open(args.result) as handle:
         result = json.load(handle)
@@ -192,7 +233,7 @@ def main() -> None:
     if recorded.get("files", {}).get("model.safetensors") not in (None, sha256):
         raise SystemExit(f"{source}/model.safetensors differs from the sha256 the result file recorded")
     with open(os.path.join(target, "MODEL_CARD.md"), "w", encoding="utf-8") as handle:
-        handle.write(card(result, row, args.name, sha256, args.note))
+        handle.write(card(result, row, args.name, sha256, args.note, args.scored))
     print(f"wrote {target} (model.safetensors sha256 {sha256})")
 
 
