@@ -141,13 +141,11 @@ def _pyarrow_filesystem(url: str) -> Any:
 
 def read_samples(source: str | list[str], *, split: str | Iterable[str] | None = None,
                  modalities: Iterable[str] | None = None, decode: bool = True,
-                 override_num_blocks: int | None = None, read_cpus: float | None = None) -> SampleReader:
+                 override_num_blocks: int | None = None) -> SampleReader:
     """Read a dataset folder (with ``manifest.json``) or a list of shard URLs with Ray Data.
 
     ``split`` (one name or several) / ``modalities`` select samples (and, with a manifest, skip
-    shards holding none).  ``read_cpus``: the CPU share each read task holds (Ray's default, 1,
-    when None); a pipeline whose actors need whole CPUs on a small machine gives less, or its
-    actors wait until every shard is read.
+    shards holding none).
     """
     if isinstance(source, str):
         urls = shards.shard_urls(source, split=split, modalities=modalities)
@@ -169,8 +167,7 @@ def read_samples(source: str | list[str], *, split: str | Iterable[str] | None =
     ledger = ReadLedger.options(name=f"gleam-read-{uuid.uuid4().hex[:12]}").remote()
     datasource = ShardDatasource(paths, ledger, decode=decode, split=split,
                                  modalities=modalities, **kwargs)
-    dataset = ray.data.read_datasource(datasource, override_num_blocks=override_num_blocks,
-                                       **({"num_cpus": float(read_cpus)} if read_cpus is not None else {}))
+    dataset = ray.data.read_datasource(datasource, override_num_blocks=override_num_blocks)
     return SampleReader(dataset, ledger)
 
 

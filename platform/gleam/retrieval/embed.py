@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -206,15 +206,11 @@ class Embedder:
 
 
 class FirstPerLocation:
-    """Ray Data stage (run as ONE actor): passes the first row of each location id, drops the rest;
-    with ``columns``, only those columns (the selection done here, not by a ``select_columns``
-    operator: that runs as its own CPU-holding tasks, which on a 2-core machine kept the embedding
-    actor from starting until every shard was read)."""
+    """Ray Data stage (run as ONE actor): passes the first row of each location id, drops the rest."""
 
-    def __init__(self, columns: Sequence[str] | None = None) -> None:
+    def __init__(self) -> None:
         self.seen: set[str] = set()
         self.lock = threading.Lock()
-        self.columns = list(columns) if columns else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keep = np.zeros(len(batch["location_id"]), dtype=bool)
@@ -223,7 +219,7 @@ class FirstPerLocation:
                 if location not in self.seen:
                     self.seen.add(location)
                     keep[row] = True
-        return {name: values[keep] for name, values in batch.items() if self.columns is None or name in self.columns}
+        return {name: values[keep] for name, values in batch.items()}
 
 
 class StreamTimer:
@@ -333,15 +329,13 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | li
     warn_if_starved(num_actors, num_cpus_per_actor)
     if device == "auto" and num_gpus_per_actor > 0:
         device = "cuda"
-    # the read tasks hold a quarter CPU: at Ray's default (1) on a 2-core machine, the read and
-    # decode tasks left the embedding actor's CPU pending until every shard had been read
-    reader = read_samples(source, split=split, decode=False, read_cpus=0.25)
-    columns = ["location_id", "latitude", "longitude", "satellite"] + (["metadata"] if keep_images else [])
+    reader = read_samples(source, split=split, decode=False)
     dataset = (reader.dataset
+               .select_columns(["location_id", "latitude", "longitude", "satellite"]
+                               + (["metadata"] if keep_images else []))
                # num_cpus=0: a counted CPU share here starves the read tasks on 2-core machines
                .map_batches(FirstPerLocation, batch_format="numpy", batch_size=None,
-                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                            fn_constructor_kwargs={"columns": columns})
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
                # decoding in its own tasks, one per embedding actor at a time (a 96 px tile decodes
                # in about 0.5 ms, its embedding takes several): the actors only run the encoder
                .map_batches(decode_tiles, batch_format="numpy", batch_size=batch_size, num_cpus=0.25,
