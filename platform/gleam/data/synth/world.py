@@ -89,7 +89,12 @@ class WorldConfig:
         LocalFrame(self.origin_lat, self.origin_lon)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as a dict; ``osm`` only when set, so a generated world keeps the id
+        (``world_id``: a digest of this dict) it had before the field existed."""
+        settings = asdict(self)
+        if settings["osm"] is None:
+            del settings["osm"]
+        return settings
 
 
 @dataclass(frozen=True)
