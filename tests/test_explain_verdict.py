@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow
 LOCATIONS = 64  # per split, in 4 regions (one per biome)
-EPOCHS = 6  # of 16 steps (12 pairs each)
+EPOCHS = 6  # of 10 steps (12 pairs each: 128 label-only pairs // 12)
 
 
 @pytest.fixture(scope="module")
