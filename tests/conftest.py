@@ -85,6 +85,20 @@ def ray_session(s3_server):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def head_cluster():
+    """One real `ray start --head` cluster (2 CPUs, dashboard and job API) for every test whose
+    entry point is a job or `serve run` (tests/ray_cluster.py); a user leaves it as found: its
+    jobs finished, its Serve applications shut down.  Started on first use, stopped at the end."""
+    from ray_cluster import start_head
+
+    cluster = start_head()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """Tiny matrices: one thread avoids OpenMP barrier stalls on a busy 2-core machine."""

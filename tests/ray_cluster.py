@@ -61,6 +61,19 @@ class Cluster:
             time.sleep(5)
         return submit
 
+    def shutdown_serve(self, process: subprocess.Popen | None) -> None:
+        """End a `serve run` of this cluster as Ctrl-C does (its applications shut down with it),
+        then `serve shutdown` whatever is left, so the next user finds no replicas holding CPUs."""
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        subprocess.run([tool("serve"), "shutdown", "-y", f"--address={self.dashboard_url}"],
+                       capture_output=True, text=True, env=self.env or cluster_env(), timeout=120)
+
     def stop(self) -> None:
         stop_session(self.process.pid)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -54,7 +54,7 @@ def jpeg(seed: int, size: tuple[int, int] = (48, 48)) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, head_cluster):
     """Gallery shards + an (untrained) GLEAM-C checkpoint + the tiny GLEAM-X model, an index
     built by `ray job submit`, and `serve run` of a serve config on a free port."""
     import httpx
@@ -63,7 +63,7 @@ def served(tmp_path_factory):
     from gleam.config import ShardConfig
     from gleam.core.model import GleamEncoder, ModelConfig
     from gleam.data.shards import write_manifest, write_part
-    from ray_cluster import cluster_env, start_head, tool
+    from ray_cluster import cluster_env, tool
     from samples import make_sample
 
     root = tmp_path_factory.mktemp("serving")
@@ -82,7 +82,7 @@ def served(tmp_path_factory):
     with open(calibration, "w") as handle:
         json.dump(Calibrator(method="platt", weights=[4.0, 8.0, -2.0]).to_json(), handle)
 
-    cluster = start_head()
+    cluster = head_cluster
     serve_process = None
     try:
         index = str(root / "index")
@@ -130,13 +130,7 @@ def served(tmp_path_factory):
         yield {"url": url, "samples": samples, "checkpoint": checkpoint, "index": index, "root": root,
                "explainer": explainer, "address": cluster.address, "port": port}
     finally:
-        if serve_process is not None:
-            serve_process.terminate()
-            try:
-                serve_process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve_process.kill()
-        cluster.stop()
+        cluster.shutdown_serve(serve_process)
 
 
 ANSWERS = {"en": "Both images show a roundabout to the north. Verdict: match",

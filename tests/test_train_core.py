@@ -150,12 +150,12 @@ def run_in(folder, command: str, env: dict, timeout: float = 300) -> subprocess.
 
 
 @pytest.mark.slow
-def test_jobs_from_another_folder_and_the_readme_submit_line(tmp_path):
+def test_jobs_from_another_folder_and_the_readme_submit_line(tmp_path, head_cluster):
     """A copy of the repository (tracked files) as a new user has it: make_shards, the README's
     `ray job submit` line against `ray start --head`, build_index and evaluate_core, each with
     the configs' relative paths, from that folder. Every file lands under it, none in Ray's
     temporary directories; a relative path the job cannot use is refused naming the fix."""
-    from ray_cluster import cluster_env, start_head
+    from ray_cluster import cluster_env
 
     clone = tmp_path / "clone"
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -164,39 +164,37 @@ def test_jobs_from_another_folder_and_the_readme_submit_line(tmp_path):
             os.makedirs(clone / os.path.dirname(name), exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), clone / name)
     (clone / "configs" / "local-cpu.yaml").write_text(TINY_LOCAL_CPU)
-    cluster = start_head()
-    try:
-        # drivers run from the clone join the cluster (RAY_ADDRESS, as on a cluster's head node);
-        # the README line submits through the job API
-        driver_env = cluster_env(RAY_ADDRESS=cluster.address)
-        shards = run_in(clone, "python jobs/make_shards.py --config configs/make-shards-local.yaml "
-                        "synth.distractors=0 synth.image_size=64 synth.locations_per_task=12 "
-                        "'synth.locations={train: 24, val: 8, test: 8}' synth.regions_per_split=1 "
-                        "'synth.biomes=[temperate]'", driver_env)
-        assert shards.returncode == 0, shards.stdout[-2000:] + shards.stderr[-3000:]
-        assert (clone / "data" / "synth" / "manifest.json").exists()
-        assert f"outputs: {clone}/data/synth" in shards.stdout
+    cluster = head_cluster
+    before = {os.path.join(d, f) for d, _, files in os.walk(cluster.temp_dir) for f in files}
+    # drivers run from the clone join the cluster (RAY_ADDRESS, as on a cluster's head node);
+    # the README line submits through the job API
+    driver_env = cluster_env(RAY_ADDRESS=cluster.address)
+    shards = run_in(clone, "python jobs/make_shards.py --config configs/make-shards-local.yaml "
+                    "synth.distractors=0 synth.image_size=64 synth.locations_per_task=12 "
+                    "'synth.locations={train: 24, val: 8, test: 8}' synth.regions_per_split=1 "
+                    "'synth.biomes=[temperate]'", driver_env)
+    assert shards.returncode == 0, shards.stdout[-2000:] + shards.stderr[-3000:]
+    assert (clone / "data" / "synth" / "manifest.json").exists()
+    assert f"outputs: {clone}/data/synth" in shards.stdout
 
-        command = readme_line("train_core")
-        assert "$PWD/data/synth" in command and "$PWD/runs" in command
-        env = cluster_env(RAY_ADDRESS=cluster.dashboard_url)
-        for _ in range(24):  # the job agent takes a few seconds to come up
-            submit = run_in(clone, command, env, timeout=480)
-            if "No available agent" not in submit.stdout + submit.stderr:
-                break
-            time.sleep(5)
-        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
-        relative = run_in(clone, command.split(" data.dataset=")[0], env)
-        index = run_in(clone, "python jobs/build_index.py --config configs/build-index-local.yaml split=val",
-                       driver_env)
-        assert index.returncode == 0, index.stdout[-2000:] + index.stderr[-3000:]
-        evaluation = run_in(clone, "python jobs/evaluate_core.py split=val", driver_env)
-        assert evaluation.returncode == 0, evaluation.stdout[-2000:] + evaluation.stderr[-3000:]
-        outside = [os.path.join(d, f) for d, _, files in os.walk(cluster.temp_dir) for f in files
-                   if f in ("metrics.jsonl", "summary.json", "config.yaml", "report.json")
-                   or f.startswith("eval-")]
-    finally:
-        cluster.stop()
+    command = readme_line("train_core")
+    assert "$PWD/data/synth" in command and "$PWD/runs" in command
+    env = cluster_env(RAY_ADDRESS=cluster.dashboard_url)
+    for _ in range(24):  # the job agent takes a few seconds to come up
+        submit = run_in(clone, command, env, timeout=480)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(5)
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+    relative = run_in(clone, command.split(" data.dataset=")[0], env)
+    index = run_in(clone, "python jobs/build_index.py --config configs/build-index-local.yaml split=val",
+                   driver_env)
+    assert index.returncode == 0, index.stdout[-2000:] + index.stderr[-3000:]
+    evaluation = run_in(clone, "python jobs/evaluate_core.py split=val", driver_env)
+    assert evaluation.returncode == 0, evaluation.stdout[-2000:] + evaluation.stderr[-3000:]
+    outside = [os.path.join(d, f) for d, _, files in os.walk(cluster.temp_dir) for f in files
+               if (f in ("metrics.jsonl", "summary.json", "config.yaml", "report.json")
+                   or f.startswith("eval-")) and os.path.join(d, f) not in before]
     run_dir = clone / "runs" / "gleam-c-local"
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/recall.png", "final/model.safetensors"):
         assert (run_dir / name).exists(), name
