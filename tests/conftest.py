@@ -85,18 +85,27 @@ def ray_session(s3_server):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def head_cluster():
-    """One real `ray start --head` cluster (2 CPUs, dashboard and job API) for every test whose
-    entry point is a job or `serve run` (tests/ray_cluster.py); a user leaves it as found: its
-    jobs finished, its Serve applications shut down.  Started on first use, stopped at the end."""
+_HEAD: dict = {"cluster": None, "done": set()}
+
+
+@pytest.fixture(scope="module")
+def head_cluster(request):
+    """One real `ray start --head` cluster (2 CPUs, dashboard and job API) shared by every test
+    module whose entry point is a job or `serve run` (tests/ray_cluster.py); a user leaves it as
+    found: its jobs finished, its Serve applications shut down.  Started on first use and stopped
+    when the last module of this run that uses it ends, so it does not idle beside later tests."""
     from ray_cluster import start_head
 
-    cluster = start_head()
+    users = {item.module.__name__ for item in request.session.items if "head_cluster" in item.fixturenames}
+    if _HEAD["cluster"] is None:
+        _HEAD["cluster"] = start_head()
     try:
-        yield cluster
+        yield _HEAD["cluster"]
     finally:
-        cluster.stop()
+        _HEAD["done"].add(request.module.__name__)
+        if users <= _HEAD["done"] and _HEAD["cluster"] is not None:
+            _HEAD["cluster"].stop()
+            _HEAD["cluster"] = None
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +117,10 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run stopped early (-x, Ctrl-C) still stops the shared head cluster."""
+    if _HEAD["cluster"] is not None:
+        _HEAD["cluster"].stop()
+        _HEAD["cluster"] = None
