@@ -111,6 +111,11 @@ def wilson_lower_bound(successes: float, trials: int, z: float = CLAIM_BOUND_Z) 
     return (centre - spread) / (1 + z * z / trials)
 
 
+def strict_precision_bound(row: dict[str, Any]) -> float:
+    """The Wilson lower bound of a curve row's strict precision: true claims over claims + unparsed."""
+    return wilson_lower_bound(row.get("true") or 0, (row.get("claims") or 0) + (row.get("unparsed") or 0))
+
+
 def pruned_answers(grounding: list[dict[str, Any]], threshold: float) -> tuple[list[str], float]:
     """Each answer with the sentences its fact heads do not back at ``threshold`` dropped
     (``vision.prune_claims``) -> (answers, mean sentences dropped per answer)."""
@@ -136,8 +141,7 @@ def claim_curve(examples: list[Any], grounding: list[dict[str, Any]]) -> list[di
         row = {"threshold": threshold, "sentences_dropped_per_answer": round(dropped, 3),
                **{k: scores.get(k) for k in ("claims", "true", "unparsed", "precision", "strict_precision",
                                               "recall", "claims_per_answer")}}
-        stated = (row["claims"] or 0) + (row["unparsed"] or 0)  # strict precision's denominator
-        row["strict_precision_lower_95"] = wilson_lower_bound((row["true"] or 0), stated)
+        row["strict_precision_lower_95"] = strict_precision_bound(row)
         curve.append(row)
     return curve
 
@@ -146,15 +150,10 @@ def choose_claim_threshold(curve: list[dict[str, Any]]) -> float:
     """The smallest threshold whose val strict precision's 95 % Wilson lower bound reaches
     ``CLAIM_PRECISION_WANTED`` (fewest claims dropped); when none does, the one with the highest
     lower bound."""
-    def bound(row: dict[str, Any]) -> float:
-        if "strict_precision_lower_95" in row:
-            return float(row["strict_precision_lower_95"])
-        return wilson_lower_bound(row.get("true") or 0, (row.get("claims") or 0) + (row.get("unparsed") or 0))
-
-    reaching = [row for row in curve if bound(row) >= CLAIM_PRECISION_WANTED]
+    reaching = [row for row in curve if strict_precision_bound(row) >= CLAIM_PRECISION_WANTED]
     if reaching:
         return float(min(row["threshold"] for row in reaching))
-    return float(max(curve, key=lambda row: (bound(row), -row["threshold"]))["threshold"])
+    return float(max(curve, key=lambda row: (strict_precision_bound(row), -row["threshold"]))["threshold"])
 
 
 def keep_claim_threshold(model_folder: str, threshold: float) -> None:

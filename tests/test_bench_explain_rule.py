@@ -3,20 +3,14 @@ of strict claim precision, not its point estimate (no model, hand-made curves)."
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_explain", os.path.join(ROOT, "benchmarks", "bench_explain.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_explain.py", "bench_explain")
 
 
 def test_wilson_lower_bound_matches_the_textbook_values(bench):
@@ -44,5 +38,5 @@ def test_the_threshold_needs_the_bound_not_the_point_estimate(bench):
     # none reaches: the highest bound, not the highest point estimate (3 of 3 is 1.0, bound 0.44)
     curve = [row(0.0, 100, 200), row(0.6, 140, 200), row(0.9, 3, 3)]
     assert bench.choose_claim_threshold(curve) == 0.6
-    # the curve rows the benchmark writes carry the bound the rule read
-    assert bench.wilson_lower_bound(170, 240) == pytest.approx(0.648, abs=2e-3)
+    # the second curve's 0.6 row: 170 true of 200 claims + 40 unparsed
+    assert bench.strict_precision_bound(row(0.6, 170, 200, unparsed=40)) == pytest.approx(0.648, abs=2e-3)

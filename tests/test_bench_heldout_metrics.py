@@ -3,21 +3,20 @@ the validation metric, cache names that carry the world seed (no training, stub 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_heldout", os.path.join(ROOT, "benchmarks", "bench_heldout.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_heldout.py", "bench_heldout")
 
 
 def _data():
@@ -94,10 +93,7 @@ def test_leave_one_biome_out_splits_and_names(bench):
 def test_seed_summary_is_mean_and_standard_error_over_pairs():
     """benchmarks/bench_heldout_seeds.py: per row and view, mean, sd (n - 1) and se = sd / sqrt(n)
     of each pair's test numbers; rows that failed are left out of the mean, not counted as 0."""
-    spec = importlib.util.spec_from_file_location("bench_heldout_seeds",
-                                                  os.path.join(ROOT, "benchmarks", "bench_heldout_seeds.py"))
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
+    seeds = load_script("benchmarks/bench_heldout_seeds.py", "bench_heldout_seeds")
 
     def result(r1, step):
         views = {"uav": {"R@1": r1, "R@5": r1 + 10, "AP": r1, "R@1_biome": r1, "median_error_m": 0.0}}

@@ -9,7 +9,6 @@ tiny checkpoint through ``jobs/evaluate_core.py``: the benchmark's gallery, hit 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -21,7 +20,8 @@ from gleam.data.ingest import plan_dataset
 from gleam.data.ingest.vigor import tile_location_id
 from gleam.data.pipeline import TrainingSet
 from gleam.config import load_config
-from test_ingest import REPO, config, make_cvact, make_cvusa, make_university, make_vigor, write_image
+from conftest import load_script
+from test_ingest import config, make_cvact, make_cvusa, make_university, make_vigor, write_image
 
 
 def selection(plan, split: str = "test", distractors: bool = True) -> TrainingSet:
@@ -142,9 +142,7 @@ def test_vigor_hit_rate_and_counts_through_the_evaluate_job(ray_session, tmp_pat
     checkpoint = str(tmp_path / "ckpt")
     GleamEncoder(ModelConfig(backbone="resnet10t", embedding_dim=8, image_size=32,
                              panorama_size=[32, 64])).save_pretrained(checkpoint)
-    spec = importlib.util.spec_from_file_location("evaluate_job", os.path.join(REPO, "jobs", "evaluate_core.py"))
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/evaluate_core.py", "evaluate_job")
     output = str(tmp_path / "eval.json")
     rc = run_job(EvaluateCoreConfig, evaluate_checkpoint, job.summarize,
                  [f"checkpoint={checkpoint}", f"dataset={data}", "split=test", f"output={output}", "batch_size=4",

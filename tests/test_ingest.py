@@ -8,7 +8,6 @@ naming the missing path, or skip and report the bad file.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -18,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_script
+
 from gleam import storage
 from gleam.config import load_config
 from gleam.data import shards
 from gleam.data.ingest import IngestConfig, LayoutError, ingest, plan_dataset
 from gleam.data.ingest.common import make_key
 from gleam.data.ingest.cvact import latlon_to_utm, utm_to_latlon
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------- fake trees
@@ -372,9 +371,7 @@ def test_manifest_csv_through_the_job_entry_point(ray_session, tmp_path, capsys)
         "photos/a.jpg,tiles/a.png,sonar,47.37,8.54,,train\n"
         "photos/missing.jpg,tiles/a.png,ground,47.37,8.54,,train\n"
         "photos/a.jpg,tiles/a.png,ground,147.37,8.54,,val\n")
-    spec = importlib.util.spec_from_file_location("ingest_job", os.path.join(REPO, "jobs", "ingest.py"))
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/ingest.py", "ingest_job")
     from gleam.runtime import run_job
 
     rc = run_job(IngestConfig, ingest, job.summarize, ["dataset=manifest", f"root={root}", f"output={output}"], job.__doc__)
