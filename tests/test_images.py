@@ -164,13 +164,13 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
     from gleam.core.model import GleamEncoder, ModelConfig
     from gleam.data import shards
     from gleam.data.ingest.common import PairRecord, part_samples
-    from gleam.data.pipeline import _preprocess_batch, read_samples
+    from gleam.data.pipeline import _preprocess_batch, read_samples, tile_row
     from gleam.data.schema import Sample, SampleError, encode_jpeg
     from gleam.data.transforms import fit_view
     from gleam.explain.dataset import _read_image
     from gleam.explain.model import load_image
     from gleam.retrieval.batch import read_and_decode
-    from gleam.retrieval.embed import Embedder, GalleryEmbedStage, decode_tiles
+    from gleam.retrieval.embed import Embedder, GalleryEmbedStage
     from gleam.serving.requests import RequestError, decode_image_bytes
 
     tile = encode_jpeg(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8))
@@ -213,8 +213,11 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
     embedder = Embedder(str(tmp_path / "ckpt"), device="cpu")
     embed_stage = GalleryEmbedStage(str(tmp_path / "ckpt"), "cpu", 8, 1)
 
-    def gallery_stage(batch):  # build_index's two stages: decode tasks, then the embedding actor
-        return embed_stage(decode_tiles(batch))
+    def gallery_stage(data, name):  # build_index's two stages: the read task's tile row, then the embedding actor
+        row = tile_row(Sample(key=name, location_id=name, modality="satellite", satellite_image=data, latitude=0.0,
+                              longitude=0.0, split="test", source="test"))
+        return embed_stage({column: np.array([value], dtype=object if isinstance(value, (str, bytes)) else None)
+                            for column, value in row.items()})
     size = (16, 16)
     batch = read_and_decode({"path": np.array([urls[n] for n in table], dtype=object),
                              "modality": np.array(["ground"] * len(table), dtype=object)}, {"ground": size})
@@ -230,8 +233,7 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
                 load_image(data, 16)
             assert _read_image(urls[name])[0] is None and expected.__name__ in _read_image(urls[name])[1]
             with pytest.raises(SampleError) as caught:
-                gallery_stage({"satellite": np.array([data], dtype=object), "location_id": np.array([name]),
-                               "latitude": np.zeros(1), "longitude": np.zeros(1)})
+                gallery_stage(data, name)
             assert isinstance(caught.value.__cause__, expected)
             continue
         np.testing.assert_array_equal(rows[name]["query"], expected, err_msg=f"{name}: ingest -> read")
@@ -244,8 +246,7 @@ def test_every_path_decodes_the_same_pixels_or_refuses_the_same(ray_session, tab
         np.testing.assert_array_equal(served, expected, err_msg=f"{name}: serving")
         np.testing.assert_array_equal(np.frombuffer(localized[name][0], np.uint8).reshape(*size, 3),
                                       fit_view(expected, size, "ground"), err_msg=f"{name}: batch localization")
-        indexed = gallery_stage({"satellite": np.array([data], dtype=object), "location_id": np.array([name]),
-                                 "latitude": np.zeros(1), "longitude": np.zeros(1)})["embedding"]
+        indexed = gallery_stage(data, name)["embedding"]
         np.testing.assert_array_equal(indexed, embedder.embed([expected], "satellite"), err_msg=f"{name}: index")
         explained = np.asarray(load_image(data, 16))
         np.testing.assert_array_equal(explained, np.asarray(Image.fromarray(expected).resize(
@@ -353,3 +354,28 @@ def test_ingest_records_the_scaling_and_warns_once_per_file(tmp_path):
     report = build_report(IngestPlan("manifest", "test", str(tmp_path), records), str(tmp_path / "out"), [result],
                           [], [], False, 512, None)
     assert report["scaling"] == result["scaling"] and report["warnings_by_reason"] == {"image_depth": 1}
+
+
+def test_a_validated_sample_gives_its_tile_without_a_second_decode(monkeypatch):
+    """Validation decodes both images; the gallery's tile row reuses those pixels (one decode a
+    tile on the way to the encoder), and a decode that fails is refused as before."""
+    from gleam.data import schema
+    from gleam.data.pipeline import tile_row
+
+    tile = RNG.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    sample = schema.Sample(key="s0", location_id="loc0", modality="uav", satellite_image=schema.encode_jpeg(tile),
+                           query_image=schema.encode_jpeg(tile[:16]), latitude=1.0, longitude=2.0,
+                           split="test", source="test")
+    calls = []
+    real = schema.decode_rgb
+    monkeypatch.setattr(schema, "decode_rgb", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
+    schema.validate(sample, check_images=True)
+    row = tile_row(sample, keep_encoded=True)
+    assert len(calls) == 2  # the satellite tile and the query image, each once
+    pixels = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3)
+    np.testing.assert_array_equal(pixels, real(sample.satellite_image))
+    assert (row["height"], row["width"]) == (24, 20) and row["satellite"] == sample.satellite_image
+    broken = schema.Sample(key="s1", location_id="loc1", modality="satellite", satellite_image=b"\xff\xd8 not a jpeg",
+                           latitude=1.0, longitude=2.0, split="test", source="test")
+    with pytest.raises(schema.SampleError, match="satellite_image"):
+        tile_row(broken)

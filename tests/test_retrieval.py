@@ -182,7 +182,8 @@ def tiny_world(tmp_path_factory):
     test[-2].metadata["tile_bounds_latlon"] = [47.1, 8.398, 47.102, 8.401]
     train = [make_sample(200 + i, split="train") for i in range(4)]
     data = str(root / "data")
-    records = [write_part(data, "test", lambda: test, ShardConfig(max_samples=8)),
+    # 7 samples a shard: location 3's uav sample ends shard 0, its ground sample starts shard 1
+    records = [write_part(data, "test", lambda: test, ShardConfig(max_samples=7)),
                write_part(data, "train", lambda: train, ShardConfig())]
     write_manifest(data, records, dataset="tiny")
     return {"root": root, "checkpoint": checkpoint, "data": data, "test": test}
@@ -204,6 +205,8 @@ def test_build_index_embeds_one_tile_per_location(tiny_world, built_index):
     output, report = built_index
     assert report["count"] == 9 and report["dim"] == 16 and report["kind"] == "flat"
     assert report["read_report"]["samples"] == 15 and report["read_report"]["corrupt"] == 0
+    # each read task keeps one sample per location of its shard; the driver keeps one of location 3's two
+    assert report["read_report"]["duplicate_tile_rows"] == 1
     assert report["embeddings_per_second"] > 0
     assert json.load(open(os.path.join(output, "report.json")))["count"] == 9
     index = GalleryIndex.load(output)

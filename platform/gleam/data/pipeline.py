@@ -84,16 +84,39 @@ class ReadLedger:
                 "corrupt_samples": list(self.corrupt)}
 
 
+def tile_row(sample: Sample, keep_encoded: bool = False) -> dict[str, Any]:
+    """One gallery row for a sample's satellite tile: ``location_id``, ``latitude``,
+    ``longitude`` (float, NaN when the source has no coordinates), ``metadata`` (JSON str),
+    ``pixels`` (the decoded uint8 HxWx3 tile as raw bytes), ``height``, ``width`` (int), and with
+    ``keep_encoded`` the encoded tile as ``satellite``.  The pixels are the ones validation
+    decoded (``Sample.satellite_array`` keeps them), so a tile is decoded once on its way to the
+    encoder.  ``SampleError`` when the tile cannot be decoded."""
+    pixels = np.ascontiguousarray(sample.satellite_array())
+    row = sample_to_row(sample, decode=False)
+    out = {"location_id": row["location_id"], "latitude": row["latitude"], "longitude": row["longitude"],
+           "metadata": row["metadata"], "pixels": pixels.tobytes(),
+           "height": int(pixels.shape[0]), "width": int(pixels.shape[1])}
+    if keep_encoded:
+        out["satellite"] = row["satellite"]
+    return out
+
+
 class ShardDatasource(FileBasedDatasource):
-    """Reads platform shards, skipping and reporting corrupt samples (see module docstring)."""
+    """Reads platform shards, skipping and reporting corrupt samples (see module docstring).
+
+    ``tiles=True`` reads the gallery instead (``read_gallery_tiles``): one ``tile_row`` per
+    location id and shard, the first valid sample of the location standing for it."""
 
     _FILE_EXTENSIONS = ["tar"]
 
     def __init__(self, paths: list[str], ledger: Any, decode: bool = True,
-                 split: str | Iterable[str] | None = None, modalities: Iterable[str] | None = None, **kwargs: Any):
+                 split: str | Iterable[str] | None = None, modalities: Iterable[str] | None = None,
+                 tiles: bool = False, keep_encoded: bool = False, **kwargs: Any):
         super().__init__(paths, **kwargs)
         self._ledger = ledger
         self._decode = decode
+        self._tiles = tiles
+        self._keep_encoded = keep_encoded
         self._split = None if split is None else ({split} if isinstance(split, str) else set(split))
         self._modalities = set(modalities) if modalities is not None else None
 
@@ -106,11 +129,18 @@ class ShardDatasource(FileBasedDatasource):
         corrupt: list[shards.CorruptSample] = []
         rows: list[dict[str, Any]] = []
         good = 0
+        seen: set[str] = set()  # tiles: the location ids this shard has given a row
         for sample in shards.iter_shard_samples(f, path, corrupt.append, check_images=True):
             good += 1
             if not self._wanted(sample):
                 continue
-            rows.append(sample_to_row(sample, self._decode))
+            if self._tiles:
+                if sample.location_id in seen:
+                    continue
+                seen.add(sample.location_id)
+                rows.append(tile_row(sample, self._keep_encoded))
+            else:
+                rows.append(sample_to_row(sample, self._decode))
             if len(rows) >= ROWS_PER_BLOCK:
                 yield pd.DataFrame.from_records(rows)
                 rows = []
@@ -141,11 +171,12 @@ def _pyarrow_filesystem(url: str) -> Any:
 
 def read_samples(source: str | list[str], *, split: str | Iterable[str] | None = None,
                  modalities: Iterable[str] | None = None, decode: bool = True,
-                 override_num_blocks: int | None = None) -> SampleReader:
+                 override_num_blocks: int | None = None, tiles: bool = False,
+                 keep_encoded: bool = False) -> SampleReader:
     """Read a dataset folder (with ``manifest.json``) or a list of shard URLs with Ray Data.
 
     ``split`` (one name or several) / ``modalities`` select samples (and, with a manifest, skip
-    shards holding none).
+    shards holding none).  ``tiles``: the gallery's rows instead (see ``read_gallery_tiles``).
     """
     if isinstance(source, str):
         urls = shards.shard_urls(source, split=split, modalities=modalities)
@@ -165,10 +196,21 @@ def read_samples(source: str | list[str], *, split: str | Iterable[str] | None =
         kwargs["filesystem"] = _pyarrow_filesystem(urls[0])
         paths = [storage.filesystem(u)[1] for u in urls]
     ledger = ReadLedger.options(name=f"gleam-read-{uuid.uuid4().hex[:12]}").remote()
-    datasource = ShardDatasource(paths, ledger, decode=decode, split=split,
-                                 modalities=modalities, **kwargs)
+    datasource = ShardDatasource(paths, ledger, decode=decode, split=split, modalities=modalities,
+                                 tiles=tiles, keep_encoded=keep_encoded, **kwargs)
     dataset = ray.data.read_datasource(datasource, override_num_blocks=override_num_blocks)
     return SampleReader(dataset, ledger)
+
+
+def read_gallery_tiles(source: str | list[str], *, split: str | Iterable[str] | None = None,
+                       keep_encoded: bool = False) -> SampleReader:
+    """The satellite tiles of ``source``'s samples in ``split``, decoded in the read tasks
+    (columns of ``tile_row``): every sample is validated as ``read_samples`` does (a bad one is
+    counted in the report, never a row), each tile is decoded once, and each read task keeps
+    the first sample per location id of its shard.  A location whose samples lie in several
+    shards can still give several rows (the same tile): the consumer keeps one
+    (``gleam.retrieval.embed.embed_gallery`` does, after embedding)."""
+    return read_samples(source, split=split, decode=False, tiles=True, keep_encoded=keep_encoded)
 
 
 def inspect_dataset(source: str | list[str]) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class Sample:
     query_image: bytes | None = None
     heading: float | None = None  # degrees clockwise from north of the query view, when known
     metadata: dict[str, Any] = field(default_factory=dict)
+    # decoded images, kept after the first decode (validation decodes; a reader that needs the
+    # pixels then takes these instead of decoding the same bytes a second time)
+    _decoded: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """Every field but the images, as written to ``{key}.json``."""
@@ -106,11 +109,20 @@ class Sample:
             "metadata": self.metadata,
         }
 
+    def _array(self, name: str, data: bytes) -> np.ndarray:
+        if name not in self._decoded:
+            self._decoded[name] = decode_image(data, self.key, name)
+        return self._decoded[name]
+
     def query_array(self) -> np.ndarray | None:
-        return None if self.query_image is None else decode_image(self.query_image, self.key, "query_image")
+        """The query image as uint8 HxWx3 (decoded once, then kept); None for a gallery tile.
+        ``SampleError`` when it cannot be decoded."""
+        return None if self.query_image is None else self._array("query_image", self.query_image)
 
     def satellite_array(self) -> np.ndarray:
-        return decode_image(self.satellite_image, self.key, "satellite_image")
+        """The satellite tile as uint8 HxWx3 (decoded once, then kept); ``SampleError`` when it
+        cannot be decoded."""
+        return self._array("satellite_image", self.satellite_image)
 
 
 # --------------------------------------------------------------------------- images

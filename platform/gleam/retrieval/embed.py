@@ -8,14 +8,15 @@ by ``gleam.core.train.encode_images``: a query embeds exactly as it did during e
 
 The gallery of a split is one satellite tile per location id: the split's satellite-only
 distractors plus the satellite tiles of its query samples.  Samples of one location share their
-tile, so the first tile seen for a location id stands for it (a single small actor keeps the
-set of ids seen, so the rest of the pipeline stays streaming and parallel).
+tile, so the first tile seen for a location id stands for it: each read task keeps the first of
+its shard (and decodes that tile once, the decode validation did), the driver keeps the first
+embedding of a location that several shards hold.  No stage between the reads and the
+embedding actors, so nothing there serialises the stream.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -205,23 +206,6 @@ class Embedder:
 # --------------------------------------------------------------------------- Ray Data stages
 
 
-class FirstPerLocation:
-    """Ray Data stage (run as ONE actor): passes the first row of each location id, drops the rest."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self.lock = threading.Lock()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = np.zeros(len(batch["location_id"]), dtype=bool)
-        with self.lock:
-            for row, location in enumerate(batch["location_id"]):
-                if location not in self.seen:
-                    self.seen.add(location)
-                    keep[row] = True
-        return {name: values[keep] for name, values in batch.items()}
-
-
 class StreamTimer:
     """Start-up and steady rate of a streamed Ray Data run, as its driver sees the results:
     start-up ends when the first result batch arrives (actors up, model loaded, a batch done);
@@ -249,23 +233,9 @@ class StreamTimer:
         return finished - self.started, self.first_result - self.started, steady
 
 
-def decode_tiles(batch: dict[str, np.ndarray], keep_encoded: bool = True) -> dict[str, np.ndarray]:
-    """Ray Data task: decodes the satellite tiles of a batch into ``pixels`` (raw uint8 HxWx3
-    bytes), ``height``, ``width``, so the embedding actors spend their cores on the encoder;
-    the encoded ``satellite`` column travels on only with ``keep_encoded`` (the tile store keeps it).
-    A tile that cannot be decoded raises ``gleam.data.schema.SampleError`` naming its location."""
-    from gleam.data.schema import decode_image
-
-    images = [np.ascontiguousarray(decode_image(data, str(location), "satellite_image"))
-              for data, location in zip(batch["satellite"], batch["location_id"])]
-    kept = batch if keep_encoded else {name: values for name, values in batch.items() if name != "satellite"}
-    return {**kept, "pixels": np.array([image.tobytes() for image in images], dtype=object),
-            "height": np.array([image.shape[0] for image in images], np.int32),
-            "width": np.array([image.shape[1] for image in images], np.int32)}
-
-
 class GalleryEmbedStage:
-    """Ray Data actor: embeds decoded satellite tiles (``decode_tiles``; checkpoint loaded once per actor)."""
+    """Ray Data actor: embeds the decoded satellite tiles of ``gleam.data.pipeline.read_gallery_tiles``
+    (columns of ``tile_row``; the checkpoint loaded once per actor)."""
 
     def __init__(self, checkpoint: str, device: str, batch_size: int, threads: int | None,
                  keep_images: bool = False, tta: dict | None = None):
@@ -319,34 +289,26 @@ def gallery_dataset(checkpoint: str, source: str | list[str], *, split: str | li
                     keep_images: bool = False, tta: dict | None = None) -> tuple[Any, Any]:
     """The lazy Ray Dataset of gallery embeddings (columns location_id, latitude, longitude,
     embedding [D] float32, and with ``keep_images`` the encoded tile as ``image`` and its footprint
-    as ``bounds`` [4] (``gleam.retrieval.tiles.tile_bounds``)), one row per
-    location, plus the ``SampleReader`` counting skipped samples.  Nothing runs until the
-    dataset is consumed."""
+    as ``bounds`` [4] (``gleam.retrieval.tiles.tile_bounds``)), one row per location and shard
+    (a location with samples in several shards repeats: ``embed_gallery`` keeps one), plus the
+    ``SampleReader`` counting skipped samples.  Nothing runs until the dataset is consumed."""
     import ray
 
-    from gleam.data.pipeline import read_samples
+    from gleam.data.pipeline import read_gallery_tiles
 
     warn_if_starved(num_actors, num_cpus_per_actor)
     if device == "auto" and num_gpus_per_actor > 0:
         device = "cuda"
-    reader = read_samples(source, split=split, decode=False)
-    dataset = (reader.dataset
-               .select_columns(["location_id", "latitude", "longitude", "satellite"]
-                               + (["metadata"] if keep_images else []))
-               # num_cpus=0: a counted CPU share here starves the read tasks on 2-core machines
-               .map_batches(FirstPerLocation, batch_format="numpy", batch_size=None,
-                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
-               # decoding in its own tasks, one per embedding actor at a time (a 96 px tile decodes
-               # in about 0.5 ms, its embedding takes several): the actors only run the encoder
-               .map_batches(decode_tiles, batch_format="numpy", batch_size=batch_size, num_cpus=0.25,
-                            concurrency=num_actors, fn_kwargs={"keep_encoded": keep_images})
-               .map_batches(GalleryEmbedStage, batch_format="numpy", batch_size=batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=num_actors),
-                            num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
-                            fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
-                                                   "batch_size": batch_size, "keep_images": keep_images,
-                                                   "tta": tta,
-                                                   "threads": actor_threads(num_cpus_per_actor, num_gpus_per_actor)}))
+    reader = read_gallery_tiles(source, split=split, keep_encoded=keep_images)
+    # the read tasks validate, keep one sample per location and shard, and decode each tile once;
+    # the actors only run the encoder
+    dataset = reader.dataset.map_batches(
+        GalleryEmbedStage, batch_format="numpy", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "device": device,
+                               "batch_size": batch_size, "keep_images": keep_images,
+                               "tta": tta, "threads": actor_threads(num_cpus_per_actor, num_gpus_per_actor)})
     return dataset, reader
 
 
@@ -412,8 +374,11 @@ def embed_gallery(checkpoint: str, source: str | list[str], *, split: str | list
     if not ids:
         raise ValueError(f"{source}: no gallery tiles for split={split!r} "
                          f"({report['samples']} samples read, {report['corrupt']} corrupt)")
-    order = np.argsort(np.asarray(ids), kind="stable")
     seconds, startup, steady = timer.summary(len(ids))
+    # one row per location: a location whose samples lie in several shards came from each of them
+    _, first = np.unique(np.asarray(ids), return_index=True)  # sorted by id, first arrival of each
+    order = first
+    report["duplicate_tile_rows"] = len(ids) - len(order)
     return Gallery(ids=[ids[i] for i in order], latitudes=np.concatenate(latitudes)[order],
                    longitudes=np.concatenate(longitudes)[order],
                    embeddings=np.ascontiguousarray(np.concatenate(embeddings)[order]),
