@@ -369,7 +369,7 @@ def test_a_validated_sample_gives_its_tile_without_a_second_decode(monkeypatch):
     calls = []
     real = schema.decode_rgb
     monkeypatch.setattr(schema, "decode_rgb", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
-    schema.validate(sample, check_images=True)
+    schema.validate(sample, check_images=True, keep_pixels=True)
     row = tile_row(sample, keep_encoded=True)
     assert len(calls) == 2  # the satellite tile and the query image, each once
     pixels = np.frombuffer(row["pixels"], np.uint8).reshape(row["height"], row["width"], 3)
@@ -379,3 +379,11 @@ def test_a_validated_sample_gives_its_tile_without_a_second_decode(monkeypatch):
                            latitude=1.0, longitude=2.0, split="test", source="test")
     with pytest.raises(schema.SampleError, match="satellite_image"):
         tile_row(broken)
+    # validation without keep_pixels, or none, keeps nothing: each call decodes (lists of samples
+    # held for hard-negative mining do not grow by their pixels)
+    plain = schema.Sample(key="s2", location_id="loc2", modality="satellite", satellite_image=sample.satellite_image,
+                          latitude=1.0, longitude=2.0, split="test", source="test")
+    schema.validate(plain, check_images=True)
+    calls.clear()
+    plain.satellite_array(), plain.satellite_array()
+    assert len(calls) == 2 and plain._decoded == {}

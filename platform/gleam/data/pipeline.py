@@ -130,7 +130,8 @@ class ShardDatasource(FileBasedDatasource):
         rows: list[dict[str, Any]] = []
         good = 0
         seen: set[str] = set()  # tiles: the location ids this shard has given a row
-        for sample in shards.iter_shard_samples(f, path, corrupt.append, check_images=True):
+        for sample in shards.iter_shard_samples(f, path, corrupt.append, check_images=True,
+                                                keep_pixels=self._tiles):
             good += 1
             if not self._wanted(sample):
                 continue

@@ -90,8 +90,9 @@ class Sample:
     query_image: bytes | None = None
     heading: float | None = None  # degrees clockwise from north of the query view, when known
     metadata: dict[str, Any] = field(default_factory=dict)
-    # decoded images, kept after the first decode (validation decodes; a reader that needs the
-    # pixels then takes these instead of decoding the same bytes a second time)
+    # the images validation decoded (``validate(check_images=True, keep_pixels=True)``), so a reader that needs the
+    # pixels next takes these instead of decoding the same bytes again; other decodes keep nothing
+    # (a list of samples must not grow by its pixels)
     _decoded: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,19 +111,26 @@ class Sample:
         }
 
     def _array(self, name: str, data: bytes) -> np.ndarray:
-        if name not in self._decoded:
-            self._decoded[name] = decode_image(data, self.key, name)
-        return self._decoded[name]
+        kept = self._decoded.get(name)
+        return kept if kept is not None else decode_image(data, self.key, name)
 
     def query_array(self) -> np.ndarray | None:
-        """The query image as uint8 HxWx3 (decoded once, then kept); None for a gallery tile.
-        ``SampleError`` when it cannot be decoded."""
+        """The query image as uint8 HxWx3 (the pixels validation decoded, when it did); None for
+        a gallery tile.  ``SampleError`` when it cannot be decoded."""
         return None if self.query_image is None else self._array("query_image", self.query_image)
 
     def satellite_array(self) -> np.ndarray:
-        """The satellite tile as uint8 HxWx3 (decoded once, then kept); ``SampleError`` when it
-        cannot be decoded."""
+        """The satellite tile as uint8 HxWx3 (the pixels validation decoded, when it did);
+        ``SampleError`` when it cannot be decoded."""
         return self._array("satellite_image", self.satellite_image)
+
+    def decode_and_keep(self) -> None:
+        """Decode both images once and keep the pixels on the sample (validation does this: the
+        read task that validated a sample then hands its pixels on without a second decode).
+        ``SampleError`` naming the image that cannot be decoded."""
+        self._decoded["satellite_image"] = decode_image(self.satellite_image, self.key, "satellite_image")
+        if self.query_image is not None:
+            self._decoded["query_image"] = decode_image(self.query_image, self.key, "query_image")
 
 
 # --------------------------------------------------------------------------- images
@@ -158,8 +166,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def validate(sample: Sample, check_images: bool = False) -> Sample:
-    """Check every field; raise ``SampleError`` naming the first bad one. Returns the sample."""
+def validate(sample: Sample, check_images: bool = False, keep_pixels: bool = False) -> Sample:
+    """Check every field; raise ``SampleError`` naming the first bad one. Returns the sample.
+    ``check_images`` decodes both images; ``keep_pixels`` also keeps the decoded pixels on the
+    sample (``Sample.decode_and_keep``) for the reader that uses them next."""
     key = sample.key if isinstance(sample.key, str) else repr(sample.key)
 
     def fail(name: str, reason: str) -> SampleError:
@@ -191,7 +201,9 @@ def validate(sample: Sample, check_images: bool = False) -> Sample:
             raise fail("query_image", "a 'satellite' gallery tile has no query image")
     elif not isinstance(sample.query_image, (bytes, bytearray)) or not sample.query_image:
         raise fail("query_image", f"missing for modality {sample.modality!r}")
-    if check_images:
+    if check_images and keep_pixels:
+        sample.decode_and_keep()
+    elif check_images:
         sample.satellite_array()
         sample.query_array()
     return sample
@@ -212,8 +224,10 @@ def encode_members(sample: Sample) -> dict[str, bytes]:
     return members
 
 
-def decode_members(key: str, members: dict[str, bytes], check_images: bool = True) -> Sample:
-    """Rebuild and validate a sample from its tar members; ``SampleError`` when anything is off."""
+def decode_members(key: str, members: dict[str, bytes], check_images: bool = True,
+                   keep_pixels: bool = False) -> Sample:
+    """Rebuild and validate a sample from its tar members (``validate``'s ``check_images`` and
+    ``keep_pixels``); ``SampleError`` when anything is off."""
     if JSON_MEMBER not in members:
         raise SampleError(key, "json", f"member {key}.json is missing")
     try:
@@ -243,4 +257,4 @@ def decode_members(key: str, members: dict[str, bytes], check_images: bool = Tru
         source=record["source"],
         metadata=record.get("metadata", {}),
     )
-    return validate(sample, check_images=check_images)
+    return validate(sample, check_images=check_images, keep_pixels=keep_pixels)

@@ -444,11 +444,12 @@ def iter_tar_groups(stream: IO[bytes], shard: str,
 
 
 def iter_shard_samples(stream: IO[bytes], shard: str, on_error: Callable[[CorruptSample], None],
-                       check_images: bool = True) -> Iterator[Sample]:
-    """Valid samples of one shard; every invalid one goes to ``on_error`` instead."""
+                       check_images: bool = True, keep_pixels: bool = False) -> Iterator[Sample]:
+    """Valid samples of one shard; every invalid one goes to ``on_error`` instead.
+    ``keep_pixels``: each sample keeps the images validation decoded (``Sample.decode_and_keep``)."""
     for key, members in iter_tar_groups(stream, shard, on_error):
         try:
-            yield decode_members(key, members, check_images=check_images)
+            yield decode_members(key, members, check_images=check_images, keep_pixels=keep_pixels)
         except SampleError as error:
             on_error(CorruptSample(shard, error.key, error.field, error.reason))
 
